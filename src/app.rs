@@ -1,0 +1,340 @@
+//! Wiring of one node: storage, Raft, the three listeners, background tasks, and an orderly
+//! shutdown (stop accepting, finish in-flight requests, stop Raft, flush sled).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{self, ApiContext};
+use crate::proto::peer::raft_peer_server::RaftPeerServer;
+use crate::proto::peer::NodeInfoResponse;
+use crate::proto::v1::cluster_server::ClusterServer;
+use crate::proto::v1::config_server::ConfigServer;
+use crate::proto::v1::registry_server::RegistryServer;
+use crate::raft::consensus::Consensus;
+use crate::raft::log_store::SledLogStore;
+use crate::raft::network::{PeerClients, PeerNetworkFactory, MAX_PEER_MESSAGE_BYTES};
+use crate::raft::peer_server::PeerService;
+use crate::raft::state_machine::{AppliedState, SledStateMachine};
+use crate::raft::{NodeAddr, NodeId, Raft};
+use crate::telemetry::Metrics;
+
+/// Whether this node bootstraps a new cluster or joins an existing one (etcd's
+/// `--initial-cluster-state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    /// Members of `--initial-cluster` bootstrap it together on first start.
+    New,
+    /// The node waits to be added by `bowline cluster add`.
+    Existing,
+}
+
+/// Raft timing and log compaction.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many new log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept below the last snapshot (so a briefly lagging follower needs no
+    /// snapshot).
+    pub logs_to_keep: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        // Elections at 10x the heartbeat and well above an fsync'd append round trip.
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_every: 10_000,
+            logs_to_keep: 1_000,
+        }
+    }
+}
+
+/// Everything one node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Raft node id (positive, unique in the cluster).
+    pub id: NodeId,
+    /// Where sled keeps the log and the state.
+    pub data_dir: PathBuf,
+    /// Peer listener (Raft RPC); also the address other members use.
+    pub peer_addr: String,
+    /// Client listener (gRPC API).
+    pub client_addr: String,
+    /// Admin listener (HTTP metrics and health).
+    pub admin_addr: String,
+    /// `id → peer address` of the initial members.
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    /// Bootstrap or join.
+    pub initial_cluster_state: ClusterState,
+    /// Raft timing and compaction.
+    pub raft: RaftTuning,
+    /// How long a client request may wait for a leader and an answer.
+    pub request_timeout: Duration,
+}
+
+/// A running node's handles, for in-process tests and the admin server.
+#[derive(Clone)]
+pub struct NodeHandle {
+    /// Raft and forwarding.
+    pub consensus: Consensus,
+    /// Applied state.
+    pub applied: AppliedState,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl NodeHandle {
+    /// Ready means: a leader is known and this node has applied what it has in its log, so a
+    /// stale read here is not far behind.
+    pub fn is_ready(&self) -> (bool, String) {
+        let m = self.consensus.raft.metrics().borrow().clone();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let last = m.last_log_index.unwrap_or(0);
+        match m.current_leader {
+            None => (false, "no leader known".to_string()),
+            Some(_) if last.saturating_sub(applied) > 1000 => {
+                (false, format!("catching up: applied {applied} of {last}"))
+            }
+            Some(leader) => (true, format!("leader {leader}, applied {applied}")),
+        }
+    }
+}
+
+async fn bind(what: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    let socket: SocketAddr = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolve {what} address {addr}"))?
+        .next()
+        .with_context(|| format!("{what} address {addr} resolves to nothing"))?;
+    TcpListener::bind(socket)
+        .await
+        .with_context(|| format!("listen on {what} address {addr}"))
+}
+
+/// Refuses to start a data directory under a different node id: mixing up two nodes' data
+/// would silently corrupt the cluster.
+fn check_identity(data_dir: &std::path::Path, id: NodeId) -> anyhow::Result<()> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(existing) => {
+            let existing: NodeId = existing.trim().parse().context("parse node-id file")?;
+            if existing != id {
+                bail!(
+                    "data directory {} belongs to node {existing}, not node {id}",
+                    data_dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{id}\n")).context("write node-id file")
+        }
+        Err(e) => Err(e).context("read node-id file"),
+    }
+}
+
+/// Runs one node until `shutdown` resolves, then stops it cleanly.
+pub async fn run_node(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if config.id == 0 {
+        bail!("--id must be a positive integer");
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
+    check_identity(&config.data_dir, config.id)?;
+
+    // Bind first, so a busy port fails fast before any Raft state changes.
+    let peer_listener = bind("peer", &config.peer_addr).await?;
+    let client_listener = bind("client", &config.client_addr).await?;
+    let admin_listener = bind("admin", &config.admin_addr).await?;
+
+    let db = sled::Config::new()
+        .path(config.data_dir.join("db"))
+        .open()
+        .with_context(|| format!("open sled database in {}", config.data_dir.display()))?;
+    let log_store = SledLogStore::open(&db).context("open raft log")?;
+    let state_machine =
+        SledStateMachine::open(&db).map_err(|e| anyhow::anyhow!("open state machine: {e}"))?;
+    let applied = state_machine.applied_state();
+    let peers = PeerClients::default();
+
+    let raft_config = openraft::Config {
+        cluster_name: "bowline".to_string(),
+        heartbeat_interval: config.raft.heartbeat_ms,
+        election_timeout_min: config.raft.election_timeout_min_ms,
+        election_timeout_max: config.raft.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every),
+        max_in_snapshot_log_to_keep: config.raft.logs_to_keep,
+        install_snapshot_timeout: 2_000,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft configuration")?;
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        PeerNetworkFactory {
+            clients: peers.clone(),
+        },
+        log_store.clone(),
+        state_machine.clone(),
+    )
+    .await
+    .context("start raft")?;
+
+    if config.initial_cluster_state == ClusterState::New
+        && config.initial_cluster.contains_key(&config.id)
+        && !raft.is_initialized().await.context("raft state")?
+    {
+        // Every initial member proposes the identical membership (client addresses are
+        // learned later through NodeInfo), so the entry at index 0 is the same everywhere.
+        let members: BTreeMap<NodeId, NodeAddr> = config
+            .initial_cluster
+            .iter()
+            .map(|(id, peer)| {
+                (
+                    *id,
+                    NodeAddr {
+                        peer_addr: peer.clone(),
+                        client_addr: String::new(),
+                    },
+                )
+            })
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(members = ?config.initial_cluster, "bootstrapped a new cluster")
+            }
+            Err(e) => tracing::info!(error = %e, "cluster already initialized"),
+        }
+    }
+
+    let metrics = Metrics::new(config.id);
+    let consensus = Consensus {
+        id: config.id,
+        raft: raft.clone(),
+        peers: peers.clone(),
+        applied: applied.clone(),
+        request_timeout: config.request_timeout,
+    };
+    let node = NodeHandle {
+        consensus: consensus.clone(),
+        applied: applied.clone(),
+        metrics: metrics.clone(),
+    };
+    let ctx = ApiContext {
+        consensus: consensus.clone(),
+        applied: applied.clone(),
+        metrics: metrics.clone(),
+    };
+
+    // One signal fans out to every server.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let peer_service = PeerService {
+        consensus: consensus.clone(),
+        info: NodeInfoResponse {
+            node_id: config.id,
+            peer_addr: config.peer_addr.clone(),
+            client_addr: config.client_addr.clone(),
+            admin_addr: config.admin_addr.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+    };
+    let peer_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .concurrency_limit_per_connection(1024)
+        .add_service(
+            RaftPeerServer::new(peer_service)
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(peer_listener),
+            stopped(stop_rx.clone()),
+        );
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let client_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .concurrency_limit_per_connection(1024)
+        .add_service(health_service)
+        .add_service(
+            RegistryServer::new(api::registry::RegistryService { ctx: ctx.clone() })
+                .max_decoding_message_size(api::MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            ConfigServer::new(api::config::ConfigService { ctx: ctx.clone() })
+                .max_decoding_message_size(api::MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            ClusterServer::new(api::cluster::ClusterService { ctx: ctx.clone() })
+                .max_decoding_message_size(api::MAX_REQUEST_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(client_listener),
+            stopped(stop_rx.clone()),
+        );
+
+    let admin_server = crate::admin::serve(admin_listener, node.clone(), stopped(stop_rx.clone()));
+    let metrics_task = tokio::spawn(crate::admin::track_raft_metrics(
+        node.clone(),
+        log_store.clone(),
+        state_machine.clone(),
+        health_reporter,
+    ));
+
+    tracing::info!(
+        id = config.id,
+        peer = %config.peer_addr,
+        client = %config.client_addr,
+        admin = %config.admin_addr,
+        data_dir = %config.data_dir.display(),
+        "node started"
+    );
+
+    let peer_task = tokio::spawn(peer_server);
+    let client_task = tokio::spawn(client_server);
+    let admin_task = tokio::spawn(admin_server);
+
+    shutdown.await;
+    tracing::info!("shutting down: draining requests");
+    let _ = stop_tx.send(true);
+    // Client requests drain first; the peer port stays up meanwhile so in-flight writes can
+    // still commit.
+    let drain = Duration::from_secs(5);
+    let _ = tokio::time::timeout(drain, client_task).await;
+    let _ = tokio::time::timeout(drain, admin_task).await;
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    let _ = tokio::time::timeout(drain, peer_task).await;
+    metrics_task.abort();
+    db.flush_async().await.context("flush sled on shutdown")?;
+    tracing::info!("stopped");
+    Ok(())
+}

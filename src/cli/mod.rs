@@ -1,0 +1,165 @@
+//! The `bowline` command line: a resource-oriented CLI in the style of kubectl and etcdctl.
+
+mod cluster;
+mod dev;
+mod endpoint;
+mod output;
+mod resources;
+mod serve;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::{Client, ClientOptions};
+use crate::telemetry::{init_logging, LogFormat};
+pub use output::OutputFormat;
+
+/// Default client endpoints: the nodes `bowline dev` starts.
+pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
+
+/// Bowline: a highly available service mesh control plane.
+#[derive(Debug, Parser)]
+#[command(name = "bowline", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Client addresses of cluster nodes (any node will do; the client fails over).
+    #[arg(long, global = true, env = "BOWLINE_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Output format.
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_enum,
+        default_value = "table",
+        env = "BOWLINE_OUTPUT"
+    )]
+    pub output: OutputFormat,
+    /// Read consistency: linearizable (default) or stale (answer from the contacted node at once).
+    #[arg(long, global = true, value_enum, default_value = "linearizable")]
+    pub consistency: ConsistencyArg,
+    /// Give up on a request after this many seconds (across retries).
+    #[arg(long, global = true, default_value_t = 15)]
+    pub timeout: u64,
+    /// Log format for `serve` and `dev`.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "BOWLINE_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Read consistency on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConsistencyArg {
+    /// Reflects every write acknowledged before the read began.
+    Linearizable,
+    /// Served from the contacted node's state at once.
+    Stale,
+}
+
+impl ConsistencyArg {
+    fn to_proto(self) -> i32 {
+        match self {
+            ConsistencyArg::Linearizable => crate::proto::v1::Consistency::Linearizable as i32,
+            ConsistencyArg::Stale => crate::proto::v1::Consistency::Stale as i32,
+        }
+    }
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node.
+    Serve(Box<serve::ServeArgs>),
+    /// Run a local cluster of nodes as child processes (data in a local folder).
+    Dev(dev::DevArgs),
+    /// Create or update resources from a file (YAML or JSON, multi-document).
+    Apply(resources::ApplyArgs),
+    /// Show resources.
+    Get(resources::GetArgs),
+    /// Delete a resource.
+    Delete(resources::DeleteArgs),
+    /// Register, deregister endpoints.
+    #[command(subcommand)]
+    Endpoint(endpoint::EndpointCommand),
+    /// Cluster membership and status.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+}
+
+/// What a command needs to talk to the cluster.
+pub struct Ctx {
+    /// Client with failover.
+    pub client: Client,
+    /// Output format.
+    pub output: OutputFormat,
+    /// Read consistency for gets.
+    pub consistency: i32,
+}
+
+fn client(cli: &Cli) -> anyhow::Result<Ctx> {
+    let options = ClientOptions {
+        total_timeout: Duration::from_secs(cli.timeout.max(1)),
+        ..ClientOptions::default()
+    };
+    let client = Client::new(&cli.endpoints, options).map_err(anyhow::Error::msg)?;
+    Ok(Ctx {
+        client,
+        output: cli.output,
+        consistency: cli.consistency.to_proto(),
+    })
+}
+
+/// Formats a gRPC status as one line: `CODE: message`.
+pub fn status_line(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(ref args) => {
+            init_logging(cli.log_format, "info");
+            serve::run(args).await
+        }
+        Command::Dev(ref args) => {
+            init_logging(cli.log_format, "info");
+            dev::run(args, cli.log_format).await
+        }
+        Command::Apply(ref args) => resources::apply(&client(&cli)?, args).await,
+        Command::Get(ref args) => resources::get(&client(&cli)?, args).await,
+        Command::Delete(ref args) => resources::delete(&client(&cli)?, args).await,
+        Command::Endpoint(ref cmd) => endpoint::run(&client(&cli)?, cmd).await,
+        Command::Cluster(ref cmd) => cluster::run(&client(&cli)?, cmd).await,
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, most specific cause last, like `error: apply web.yaml: document 2: …`.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

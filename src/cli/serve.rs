@@ -1,0 +1,245 @@
+//! `bowline serve`: run one node. Settings come from flags, then `BOWLINE_*` environment
+//! variables, then a YAML config file (`--config`), then defaults.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+
+use crate::app::{run_node, ClusterState, NodeConfig, RaftTuning};
+
+/// Flags of `bowline serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// YAML file with any of the settings below (keys in snake_case, e.g. `peer_addr`).
+    #[arg(long, env = "BOWLINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Node id: a positive integer, unique in the cluster.
+    #[arg(long, env = "BOWLINE_ID")]
+    pub id: Option<u64>,
+    /// Data directory (sled log and state).
+    #[arg(long, env = "BOWLINE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Peer (Raft) address: listened on, and advertised to the other members. [default: 127.0.0.1:7201]
+    #[arg(long, env = "BOWLINE_PEER_ADDR")]
+    pub peer_addr: Option<String>,
+    /// Client (gRPC API) address. [default: 127.0.0.1:7101]
+    #[arg(long, env = "BOWLINE_CLIENT_ADDR")]
+    pub client_addr: Option<String>,
+    /// Admin (HTTP /metrics, /healthz, /readyz) address. [default: 127.0.0.1:7301]
+    #[arg(long, env = "BOWLINE_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// Initial members as `id=peer_host:port,…` (every initial member gets the same list).
+    #[arg(long, env = "BOWLINE_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// `new` to bootstrap with --initial-cluster; `existing` to wait for `bowline cluster add`.
+    #[arg(long, env = "BOWLINE_INITIAL_CLUSTER_STATE", value_enum)]
+    pub initial_cluster_state: Option<ClusterState>,
+    /// Raft heartbeat interval in milliseconds. [default: 100]
+    #[arg(long, env = "BOWLINE_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Minimum election timeout in milliseconds. [default: 500]
+    #[arg(long, env = "BOWLINE_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Maximum election timeout in milliseconds. [default: 1000]
+    #[arg(long, env = "BOWLINE_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot (and purge the log below it) every N entries. [default: 10000]
+    #[arg(long, env = "BOWLINE_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// Log entries kept below the latest snapshot. [default: 1000]
+    #[arg(long, env = "BOWLINE_LOGS_TO_KEEP")]
+    pub logs_to_keep: Option<u64>,
+    /// How long a client request may wait for a leader, in milliseconds. [default: 5000]
+    #[arg(long, env = "BOWLINE_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    peer_addr: Option<String>,
+    client_addr: Option<String>,
+    admin_addr: Option<String>,
+    initial_cluster: Option<String>,
+    initial_cluster_state: Option<ClusterState>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+    snapshot_every: Option<u64>,
+    logs_to_keep: Option<u64>,
+    request_timeout_ms: Option<u64>,
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_initial_cluster(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut members = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("--initial-cluster: `{part}` is not id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .with_context(|| format!("--initial-cluster: `{id}` is not a positive node id"))?;
+        let addr = addr.trim();
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            bail!("--initial-cluster: `{addr}` is not host:port");
+        }
+        if members.insert(id, addr.to_string()).is_some() {
+            bail!("--initial-cluster: node {id} is listed twice");
+        }
+    }
+    Ok(members)
+}
+
+impl ServeArgs {
+    /// Resolves flags, environment, file and defaults into a node configuration.
+    pub fn resolve(&self) -> anyhow::Result<NodeConfig> {
+        let file: ServeFile = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("read config file {}", path.display()))?;
+                serde_yaml::from_str(&text)
+                    .with_context(|| format!("config file {}", path.display()))?
+            }
+            None => ServeFile::default(),
+        };
+        let id = self
+            .id
+            .or(file.id)
+            .context("--id is required (or `id` in --config)")?;
+        if id == 0 {
+            bail!("--id must be a positive integer");
+        }
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(format!("bowline-data/node-{id}")));
+        let peer_addr = self
+            .peer_addr
+            .clone()
+            .or(file.peer_addr)
+            .unwrap_or_else(|| "127.0.0.1:7201".into());
+        let client_addr = self
+            .client_addr
+            .clone()
+            .or(file.client_addr)
+            .unwrap_or_else(|| "127.0.0.1:7101".into());
+        let admin_addr = self
+            .admin_addr
+            .clone()
+            .or(file.admin_addr)
+            .unwrap_or_else(|| "127.0.0.1:7301".into());
+        let initial_cluster = match self.initial_cluster.clone().or(file.initial_cluster) {
+            Some(text) => parse_initial_cluster(&text)?,
+            // A single node with no list bootstraps a cluster of one.
+            None => BTreeMap::from([(id, peer_addr.clone())]),
+        };
+        let state = self
+            .initial_cluster_state
+            .or(file.initial_cluster_state)
+            .unwrap_or(ClusterState::New);
+        if state == ClusterState::New && !initial_cluster.contains_key(&id) {
+            bail!("--initial-cluster does not list this node ({id}); use --initial-cluster-state existing to join a running cluster");
+        }
+        let defaults = RaftTuning::default();
+        let raft = RaftTuning {
+            heartbeat_ms: self
+                .heartbeat_ms
+                .or(file.heartbeat_ms)
+                .unwrap_or(defaults.heartbeat_ms),
+            election_timeout_min_ms: self
+                .election_timeout_min_ms
+                .or(file.election_timeout_min_ms)
+                .unwrap_or(defaults.election_timeout_min_ms),
+            election_timeout_max_ms: self
+                .election_timeout_max_ms
+                .or(file.election_timeout_max_ms)
+                .unwrap_or(defaults.election_timeout_max_ms),
+            snapshot_every: self
+                .snapshot_every
+                .or(file.snapshot_every)
+                .unwrap_or(defaults.snapshot_every),
+            logs_to_keep: self
+                .logs_to_keep
+                .or(file.logs_to_keep)
+                .unwrap_or(defaults.logs_to_keep),
+        };
+        if raft.election_timeout_min_ms <= raft.heartbeat_ms
+            || raft.election_timeout_max_ms <= raft.election_timeout_min_ms
+        {
+            bail!("raft timing: need heartbeat < election timeout min < election timeout max");
+        }
+        if raft.snapshot_every == 0 {
+            bail!("--snapshot-every must be positive");
+        }
+        let request_timeout = Duration::from_millis(
+            self.request_timeout_ms
+                .or(file.request_timeout_ms)
+                .unwrap_or(5000)
+                .max(100),
+        );
+        Ok(NodeConfig {
+            id,
+            data_dir,
+            peer_addr,
+            client_addr,
+            admin_addr,
+            initial_cluster,
+            initial_cluster_state: state,
+            raft,
+            request_timeout,
+        })
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Runs `bowline serve`.
+pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    run_node(config, shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_bad_entries() {
+        let m = parse_initial_cluster("1=127.0.0.1:7201, 2=127.0.0.1:7202").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&2], "127.0.0.1:7202");
+        assert!(parse_initial_cluster("1=127.0.0.1").is_err());
+        assert!(parse_initial_cluster("0=127.0.0.1:1").is_err());
+        assert!(parse_initial_cluster("1=a:1,1=b:2").is_err());
+        assert!(parse_initial_cluster("x").is_err());
+    }
+}

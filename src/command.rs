@@ -1,0 +1,166 @@
+//! The replicated commands: what goes into the Raft log, and what applying one returns.
+//!
+//! The log outlives binaries, so the wire form is versioned: a [`Proposal`] wraps a
+//! [`VersionedCommand`], and new commands are only ever appended as new variants. A node that
+//! cannot decode an entry stops (the storage layer returns a fatal error) rather than guess.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ConfigKind, ConfigSpec, Endpoint, Service};
+use crate::store::{Stored, StoredConfig};
+
+/// One entry's application payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Wall-clock time at the proposer, in Unix milliseconds; `apply` never reads a clock, so
+    /// every replica stamps the same time.
+    pub proposed_at_ms: u64,
+    /// What to do.
+    pub command: VersionedCommand,
+}
+
+impl Proposal {
+    /// Wraps a current-version command, stamping the proposer's clock.
+    pub fn now(command: Command) -> Self {
+        let proposed_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Self {
+            proposed_at_ms,
+            command: VersionedCommand::V1(command),
+        }
+    }
+}
+
+/// Wire versions of [`Command`]. Never reorder or remove a variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum VersionedCommand {
+    /// The first command set.
+    V1(Command),
+}
+
+/// A change to the replicated state. Validated before it is proposed; `apply` re-checks only
+/// what depends on state (existence, compare-and-set). New variants go at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or replace a service.
+    RegisterService {
+        /// The service as the client sent it (validated).
+        service: Service,
+        /// Compare-and-set guard; see [`check_revision`](crate::store::check_revision).
+        expected_revision: Option<u64>,
+    },
+    /// Remove a service and, with it, its endpoints.
+    DeregisterService {
+        /// Namespace of the service.
+        namespace: String,
+        /// Name of the service.
+        name: String,
+        /// Compare-and-set guard.
+        expected_revision: Option<u64>,
+    },
+    /// Create or replace an endpoint of an existing service.
+    UpsertEndpoint {
+        /// The endpoint as the client sent it (validated).
+        endpoint: Endpoint,
+        /// Compare-and-set guard.
+        expected_revision: Option<u64>,
+    },
+    /// Remove one endpoint.
+    RemoveEndpoint {
+        /// Namespace of the service.
+        namespace: String,
+        /// Service the endpoint belongs to.
+        service: String,
+        /// Endpoint id.
+        id: String,
+        /// Compare-and-set guard.
+        expected_revision: Option<u64>,
+    },
+    /// Create or replace a typed config object.
+    PutConfig {
+        /// Namespace of the object.
+        namespace: String,
+        /// Name of the object (the service it applies to).
+        name: String,
+        /// The typed spec (validated); its kind is part of the key.
+        spec: ConfigSpec,
+        /// Compare-and-set guard.
+        expected_revision: Option<u64>,
+    },
+    /// Remove a typed config object.
+    DeleteConfig {
+        /// Which kind of object.
+        kind: ConfigKind,
+        /// Namespace of the object.
+        namespace: String,
+        /// Name of the object.
+        name: String,
+        /// Compare-and-set guard.
+        expected_revision: Option<u64>,
+    },
+}
+
+impl Command {
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::RegisterService { .. } => "RegisterService",
+            Command::DeregisterService { .. } => "DeregisterService",
+            Command::UpsertEndpoint { .. } => "UpsertEndpoint",
+            Command::RemoveEndpoint { .. } => "RemoveEndpoint",
+            Command::PutConfig { .. } => "PutConfig",
+            Command::DeleteConfig { .. } => "DeleteConfig",
+        }
+    }
+}
+
+/// What applying a command produced; identical on every replica.
+pub type CommandResult = Result<Applied, ApplyError>;
+
+/// The successful outcome of a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Nothing to report (blank and membership entries).
+    Nothing,
+    /// The service after the change (or before it, for a deregistration).
+    Service {
+        /// The stored service.
+        service: Stored<Service>,
+        /// Endpoints removed along with a deregistered service.
+        endpoints_removed: u32,
+    },
+    /// The endpoint after the change (or before it, for a removal).
+    Endpoint(Stored<Endpoint>),
+    /// The config object after the change (or before it, for a deletion).
+    Config(StoredConfig),
+}
+
+/// Why a command changed nothing. Deterministic: every replica reaches the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    /// The object a command names does not exist.
+    #[error("{kind} {key} not found")]
+    NotFound {
+        /// Kind of object.
+        kind: String,
+        /// `namespace/name` style key.
+        key: String,
+    },
+    /// A compare-and-set guard did not hold.
+    #[error("{kind} {key}: expected revision {expected}, current revision is {current}")]
+    RevisionMismatch {
+        /// Kind of object.
+        kind: String,
+        /// `namespace/name` style key.
+        key: String,
+        /// What the client expected.
+        expected: u64,
+        /// The object's current `mod_revision` (0 when it does not exist).
+        current: u64,
+    },
+    /// A precondition on other state failed (for example an endpoint of an unknown service).
+    #[error("{0}")]
+    FailedPrecondition(String),
+}

@@ -1,0 +1,13 @@
+//! Generated protobuf and gRPC code (see `proto/`).
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// The public API, `bowline.v1`.
+pub mod v1 {
+    tonic::include_proto!("bowline.v1");
+}
+
+/// The internal peer protocol, `bowline.peer.v1`.
+pub mod peer {
+    tonic::include_proto!("bowline.peer.v1");
+}

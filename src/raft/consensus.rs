@@ -1,0 +1,267 @@
+//! `Consensus`: the one door through which the API reaches Raft. Writes, read barriers and
+//! membership changes run here when this node leads, and are forwarded to the leader over
+//! the peer port when it does not, so clients may talk to any node.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use tokio::time::Instant;
+
+use super::network::{ConsensusError, ForwardReply, ForwardRequest, PeerClients};
+use super::state_machine::AppliedState;
+use super::{NodeAddr, NodeId, Raft};
+use crate::command::{Command, CommandResult, Proposal};
+
+/// How long a membership change may take, including a learner's catch-up.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Handle used by the API layer and the peer server. Cheap to clone.
+#[derive(Clone)]
+pub struct Consensus {
+    /// This node's id.
+    pub id: NodeId,
+    /// The Raft instance.
+    pub raft: Raft,
+    /// Channels to peers, for forwarding.
+    pub peers: PeerClients,
+    /// Applied state, to wait for a read index.
+    pub applied: AppliedState,
+    /// How long a client request may wait for a leader and an answer.
+    pub request_timeout: Duration,
+}
+
+fn not_leader<E>(
+    f: openraft::error::ForwardToLeader<NodeId, NodeAddr>,
+) -> Result<E, ConsensusError> {
+    Err(ConsensusError::NotLeader {
+        leader_id: f.leader_id,
+        leader_addr: f.leader_node.map(|n| n.peer_addr),
+    })
+}
+
+fn fatal(e: impl std::fmt::Display) -> ConsensusError {
+    ConsensusError::ShuttingDown(e.to_string())
+}
+
+impl Consensus {
+    /// Proposes a command and waits until it is committed and applied; returns the log index
+    /// (the revision) and the result of applying it.
+    pub async fn write(&self, command: Command) -> Result<(u64, CommandResult), ConsensusError> {
+        match self
+            .submit(ForwardRequest::Write(Proposal::now(command)))
+            .await?
+        {
+            ForwardReply::Written { index, result } => Ok((index, result)),
+            other => Err(ConsensusError::Unavailable(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    /// A linearizable read barrier: confirms a leader's read index and waits until this node
+    /// has applied that far. Returns the revision the read may then be served at.
+    pub async fn read_barrier(&self) -> Result<u64, ConsensusError> {
+        let index = match self.submit(ForwardRequest::ReadIndex).await? {
+            ForwardReply::ReadIndex(index) => index,
+            other => {
+                return Err(ConsensusError::Unavailable(format!(
+                    "unexpected reply {other:?}"
+                )))
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, self.applied.wait_applied(index)).await {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(_)) => Err(fatal("state machine stopped")),
+            Err(_) => Err(ConsensusError::Unavailable(format!(
+                "this node did not apply up to read index {index} within {:?}",
+                self.request_timeout
+            ))),
+        }
+    }
+
+    /// Adds a learner and waits for it to catch up; returns the membership log index.
+    pub async fn add_learner(&self, id: NodeId, node: NodeAddr) -> Result<u64, ConsensusError> {
+        self.membership(ForwardRequest::AddLearner { id, node })
+            .await
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn promote(&self, id: NodeId) -> Result<u64, ConsensusError> {
+        self.membership(ForwardRequest::Promote(id)).await
+    }
+
+    /// Removes a member.
+    pub async fn remove(&self, id: NodeId) -> Result<u64, ConsensusError> {
+        self.membership(ForwardRequest::Remove(id)).await
+    }
+
+    async fn membership(&self, request: ForwardRequest) -> Result<u64, ConsensusError> {
+        match self.submit(request).await? {
+            ForwardReply::MembershipChanged { index } => Ok(index),
+            other => Err(ConsensusError::Unavailable(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    /// The leader as this node knows it.
+    pub fn leader(&self) -> Option<(NodeId, Option<NodeAddr>)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned();
+        Some((leader, node))
+    }
+
+    /// Runs `request` here if this node leads, else forwards it to the leader. Retries while
+    /// there is no leader or the leader moves, until `request_timeout`.
+    ///
+    /// A write is retried only when the answer proves it was not proposed (not-leader), so a
+    /// retry never applies a command twice; an ambiguous failure is returned as unavailable.
+    async fn submit(&self, request: ForwardRequest) -> Result<ForwardReply, ConsensusError> {
+        // Adding a learner waits for it to catch up, which can take a snapshot transfer.
+        let timeout = match request {
+            ForwardRequest::AddLearner { .. }
+            | ForwardRequest::Promote(_)
+            | ForwardRequest::Remove(_) => self.request_timeout.max(MEMBERSHIP_TIMEOUT),
+            _ => self.request_timeout,
+        };
+        let deadline = Instant::now() + timeout;
+        let is_write = matches!(request, ForwardRequest::Write(_));
+        let mut last_error;
+        loop {
+            let attempt = match self.leader() {
+                Some((leader, _)) if leader == self.id => self.execute_local(request.clone()).await,
+                Some((leader, Some(node))) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match self.peers.forward(&node.peer_addr, &request, remaining).await {
+                        Err(ConsensusError::Unavailable(e)) if is_write => {
+                            return Err(ConsensusError::Unavailable(format!(
+                                "leader {leader} did not answer; the write may or may not have been applied: {e}"
+                            )))
+                        }
+                        other => other,
+                    }
+                }
+                _ => Err(ConsensusError::Unavailable(
+                    "no leader elected yet".to_string(),
+                )),
+            };
+            match attempt {
+                Ok(reply) => return Ok(reply),
+                Err(e @ (ConsensusError::Rejected(_) | ConsensusError::ShuttingDown(_))) => {
+                    return Err(e)
+                }
+                Err(e) => last_error = e,
+            }
+            if Instant::now() >= deadline {
+                return Err(match last_error {
+                    ConsensusError::NotLeader { .. } => {
+                        ConsensusError::Unavailable("leadership kept moving".to_string())
+                    }
+                    other => other,
+                });
+            }
+            // Wait for a change of leader (or a short pause) before trying again.
+            let mut metrics = self.raft.metrics();
+            let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+        }
+    }
+
+    /// Executes a request on this node, which must be the leader. Used for local requests and
+    /// for requests forwarded by followers (which are never forwarded again, so a request
+    /// cannot bounce between two nodes that disagree about who leads).
+    pub async fn execute_local(
+        &self,
+        request: ForwardRequest,
+    ) -> Result<ForwardReply, ConsensusError> {
+        match request {
+            ForwardRequest::Write(proposal) => match self.raft.client_write(proposal).await {
+                Ok(response) => Ok(ForwardReply::Written {
+                    index: response.log_id.index,
+                    result: response.data,
+                }),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => not_leader(f),
+                Err(e) => Err(fatal(e)),
+            },
+            ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
+                Ok((read_log_id, _)) => {
+                    Ok(ForwardReply::ReadIndex(read_log_id.map_or(0, |l| l.index)))
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => not_leader(f),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                    Err(ConsensusError::Unavailable(e.to_string()))
+                }
+                Err(e) => Err(fatal(e)),
+            },
+            ForwardRequest::AddLearner { id, node } => {
+                let result = self.raft.add_learner(id, node, true).await;
+                self.membership_result(result.map(|r| r.log_id.index))
+            }
+            ForwardRequest::Promote(id) => {
+                let members = self.voters_and_learners();
+                if !members.1.contains(&id) {
+                    return Err(ConsensusError::Rejected(if members.0.contains(&id) {
+                        format!("node {id} is already a voter")
+                    } else {
+                        format!("node {id} is not a learner; add it first")
+                    }));
+                }
+                let result = self
+                    .raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await;
+                self.membership_result(result.map(|r| r.log_id.index))
+            }
+            ForwardRequest::Remove(id) => {
+                let (voters, learners) = self.voters_and_learners();
+                let change = if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return Err(ConsensusError::Rejected(format!(
+                            "node {id} is the last voter; a cluster cannot remove its last voter"
+                        )));
+                    }
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else if learners.contains(&id) {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                } else {
+                    return Err(ConsensusError::Rejected(format!(
+                        "node {id} is not a member"
+                    )));
+                };
+                let result = self.raft.change_membership(change, false).await;
+                self.membership_result(result.map(|r| r.log_id.index))
+            }
+        }
+    }
+
+    fn membership_result(
+        &self,
+        result: Result<u64, RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>>,
+    ) -> Result<ForwardReply, ConsensusError> {
+        match result {
+            Ok(index) => Ok(ForwardReply::MembershipChanged { index }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => not_leader(f),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ConsensusError::Rejected(e.to_string()))
+            }
+            Err(e) => Err(fatal(e)),
+        }
+    }
+
+    /// `(voters, learners)` of the current membership.
+    pub fn voters_and_learners(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        (voters, learners)
+    }
+}

@@ -1,0 +1,258 @@
+//! The peer network, client side: openraft's `RaftNetwork` over tonic, plus the forwarding
+//! protocol a follower uses to hand work to the leader.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
+
+use super::codec;
+use super::{NodeAddr, NodeId, TypeConfig};
+use crate::command::{CommandResult, Proposal};
+use crate::proto::peer::raft_peer_client::RaftPeerClient;
+use crate::proto::peer::{NodeInfoRequest, NodeInfoResponse, PeerMessage};
+
+/// Largest message accepted on the peer port (snapshot chunks are 3 MiB by default).
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Work a follower forwards to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    /// A client write.
+    Write(Proposal),
+    /// Confirm leadership and return the index a linearizable read must wait for.
+    ReadIndex,
+    /// Add a non-voting member and wait for it to catch up.
+    AddLearner {
+        /// New member id.
+        id: NodeId,
+        /// Its addresses.
+        node: NodeAddr,
+    },
+    /// Make a learner a voter.
+    Promote(NodeId),
+    /// Remove a member.
+    Remove(NodeId),
+}
+
+/// The leader's answer to a forwarded request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardReply {
+    /// A write was committed and applied at `index` with `result`.
+    Written {
+        /// Log index of the entry.
+        index: u64,
+        /// What applying it returned.
+        result: CommandResult,
+    },
+    /// Read index.
+    ReadIndex(u64),
+    /// A membership change was committed at `index`.
+    MembershipChanged {
+        /// Log index of the membership entry.
+        index: u64,
+    },
+}
+
+/// Why a forwarded request failed. Also the typed error of [`Consensus`](super::consensus).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ConsensusError {
+    /// This node is not the leader; the leader is given when known.
+    #[error("not the leader (leader: {})", leader_desc(.leader_id, .leader_addr))]
+    NotLeader {
+        /// Leader id, if known.
+        leader_id: Option<NodeId>,
+        /// Leader peer address, if known.
+        leader_addr: Option<String>,
+    },
+    /// No leader could be reached in time (an election is probably under way).
+    #[error("no leader available: {0}")]
+    Unavailable(String),
+    /// The change is not allowed (for example removing an unknown member).
+    #[error("{0}")]
+    Rejected(String),
+    /// The node is shutting down or its Raft core stopped.
+    #[error("node is shutting down: {0}")]
+    ShuttingDown(String),
+}
+
+fn leader_desc(id: &Option<NodeId>, addr: &Option<String>) -> String {
+    match (id, addr) {
+        (Some(id), Some(addr)) => format!("node {id} at {addr}"),
+        (Some(id), None) => format!("node {id}"),
+        _ => "unknown".to_string(),
+    }
+}
+
+/// Cached tonic channels to peers, keyed by peer address. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct PeerClients {
+    /// One lazily-connected channel per address; tonic reconnects it as needed.
+    channels: Arc<Mutex<HashMap<String, RaftPeerClient<Channel>>>>,
+}
+
+impl PeerClients {
+    /// A client for `addr` (`host:port`).
+    pub fn get(&self, addr: &str) -> Result<RaftPeerClient<Channel>, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = channels.get(addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr}: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10));
+        let client = RaftPeerClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        channels.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Sends a forwarded request to the peer at `addr`.
+    pub async fn forward(
+        &self,
+        addr: &str,
+        request: &ForwardRequest,
+        timeout: Duration,
+    ) -> Result<ForwardReply, ConsensusError> {
+        let unavailable =
+            |e: String| ConsensusError::Unavailable(format!("forward to {addr}: {e}"));
+        let mut client = self.get(addr).map_err(unavailable)?;
+        let payload = codec::encode(request).map_err(|e| unavailable(e.to_string()))?;
+        let call = client.forward(PeerMessage { payload });
+        let reply = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| unavailable(format!("timed out after {timeout:?}")))?
+            .map_err(|s| unavailable(s.message().to_string()))?;
+        let reply: Result<ForwardReply, ConsensusError> =
+            codec::decode(&reply.into_inner().payload).map_err(|e| unavailable(e.to_string()))?;
+        reply
+    }
+
+    /// Asks a peer who it is.
+    pub async fn node_info(&self, addr: &str, timeout: Duration) -> Option<NodeInfoResponse> {
+        let mut client = self.get(addr).ok()?;
+        let reply = tokio::time::timeout(timeout, client.node_info(NodeInfoRequest {}))
+            .await
+            .ok()?
+            .ok()?;
+        Some(reply.into_inner())
+    }
+}
+
+/// Creates one [`PeerConnection`] per target for openraft.
+#[derive(Clone, Default)]
+pub struct PeerNetworkFactory {
+    /// Shared channel cache.
+    pub clients: PeerClients,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Self::Network {
+        PeerConnection {
+            target,
+            addr: node.peer_addr.clone(),
+            clients: self.clients.clone(),
+        }
+    }
+}
+
+/// openraft's view of one peer.
+pub struct PeerConnection {
+    /// Peer id, for error reports.
+    target: NodeId,
+    /// Peer address.
+    addr: String,
+    /// Channel cache.
+    clients: PeerClients,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeAddr, E>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &self,
+        method: &'static str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        let mut client = self
+            .clients
+            .get(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
+        let payload =
+            codec::encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let message = PeerMessage { payload };
+        let call = async {
+            match method {
+                "append_entries" => client.append_entries(message).await,
+                "vote" => client.vote(message).await,
+                _ => client.install_snapshot(message).await,
+            }
+        };
+        let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
+            Err(_) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(format!("{method} to node {} timed out", self.target)),
+                )))
+            }
+            Ok(Err(status)) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(format!(
+                        "{method} to node {}: {}",
+                        self.target,
+                        status.message()
+                    )),
+                )))
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let decoded: Result<Resp, E> =
+            codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded
+            .map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        self.call("append_entries", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        self.call("install_snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+        self.call("vote", &rpc, &option).await
+    }
+}

@@ -1,0 +1,403 @@
+//! The replicated state machine: applies committed entries to the in-memory
+//! [`RegistryState`] and persists each batch of changes to sled atomically, together with
+//! `last_applied` and the membership, so a crash never applies an entry twice or half.
+//!
+//! One sled tree, `state`, holds the objects (`s/…`, `e/…`, `c/…`) and the applied meta
+//! (`m/…`): sled batches are atomic only within a tree. Snapshots live in the `snapshot`
+//! tree so a restarted node can still serve the one it last built or installed.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
+use tokio::sync::watch;
+
+use super::codec;
+use super::{Entry, LogId, NodeAddr, NodeId, StorageError, StoredMembership, TypeConfig};
+use crate::command::{Applied, CommandResult, VersionedCommand};
+use crate::store::{apply_command, RegistryState, StateKey};
+
+const KEY_LAST_APPLIED: &[u8] = b"m/last_applied";
+const KEY_MEMBERSHIP: &[u8] = b"m/membership";
+const KEY_CURRENT_SNAPSHOT: &[u8] = b"current";
+
+/// What a node has applied, shared with readers.
+#[derive(Debug, Default)]
+pub struct AppliedData {
+    /// The registry and config store.
+    pub state: RegistryState,
+    /// Last applied log id (the store revision is its index).
+    pub last_applied: Option<LogId>,
+    /// Last applied membership.
+    pub membership: StoredMembership,
+}
+
+/// A read handle on a node's applied state. Cheap to clone.
+///
+/// The lock is a `std::sync::RwLock`: every critical section is a short in-memory copy or
+/// update and never spans an `.await`, so an async lock would only add overhead.
+#[derive(Clone)]
+pub struct AppliedState {
+    /// The state itself.
+    inner: Arc<RwLock<AppliedData>>,
+    /// Publishes the applied index after every apply, for waiters (follower reads).
+    applied_index: watch::Sender<u64>,
+}
+
+impl AppliedState {
+    /// Runs `f` with the state and the revision it is at.
+    pub fn read<T>(&self, f: impl FnOnce(&RegistryState, u64) -> T) -> T {
+        let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let revision = guard.last_applied.map_or(0, |l| l.index);
+        f(&guard.state, revision)
+    }
+
+    /// The applied index now.
+    pub fn revision(&self) -> u64 {
+        *self.applied_index.borrow()
+    }
+
+    /// A receiver that sees every new applied index.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied_index.subscribe()
+    }
+
+    /// Waits until this node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64) -> Result<u64, watch::error::RecvError> {
+        let mut rx = self.applied_index.subscribe();
+        let seen = rx.wait_for(|applied| *applied >= index).await?;
+        Ok(*seen)
+    }
+}
+
+/// The openraft state machine over sled.
+#[derive(Clone)]
+pub struct SledStateMachine {
+    /// For `flush_async` when a snapshot is saved or installed.
+    db: sled::Db,
+    /// Objects and applied meta.
+    tree: sled::Tree,
+    /// The current snapshot (meta and data).
+    snapshots: sled::Tree,
+    /// Shared with readers.
+    applied: AppliedState,
+    /// Counter that makes snapshot ids unique within a process.
+    snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> StorageError {
+    StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
+}
+
+fn decode_object(
+    state: &mut RegistryState,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(), bincode::error::DecodeError> {
+    match key.first() {
+        Some(b's') => {
+            let s: crate::store::Stored<crate::model::Service> = codec::decode(value)?;
+            state
+                .services
+                .insert((s.value.namespace.clone(), s.value.name.clone()), s);
+        }
+        Some(b'e') => {
+            let e: crate::store::Stored<crate::model::Endpoint> = codec::decode(value)?;
+            state.endpoints.insert(
+                (
+                    e.value.namespace.clone(),
+                    e.value.service.clone(),
+                    e.value.id.clone(),
+                ),
+                e,
+            );
+        }
+        Some(b'c') => {
+            let c: crate::store::StoredConfig = codec::decode(value)?;
+            state.configs.insert(
+                (c.stored.value.kind(), c.namespace.clone(), c.name.clone()),
+                c,
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl SledStateMachine {
+    /// Opens the state trees and loads the applied state into memory.
+    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+        let read = |e: sled::Error| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e);
+        let tree = db.open_tree("state").map_err(read)?;
+        let snapshots = db.open_tree("snapshot").map_err(read)?;
+        let mut applied = AppliedData::default();
+        for item in tree.iter() {
+            let (key, value) = item.map_err(read)?;
+            let decode_err = |e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e);
+            if key.as_ref() == KEY_LAST_APPLIED {
+                applied.last_applied = codec::decode(&value).map_err(decode_err)?;
+            } else if key.as_ref() == KEY_MEMBERSHIP {
+                applied.membership = codec::decode(&value).map_err(decode_err)?;
+            } else {
+                decode_object(&mut applied.state, &key, &value).map_err(decode_err)?;
+            }
+        }
+        let index = applied.last_applied.map_or(0, |l| l.index);
+        let (applied_index, _) = watch::channel(index);
+        Ok(Self {
+            db: db.clone(),
+            tree,
+            snapshots,
+            applied: AppliedState {
+                inner: Arc::new(RwLock::new(applied)),
+                applied_index,
+            },
+            snapshot_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        })
+    }
+
+    /// The read handle for the API layer.
+    pub fn applied_state(&self) -> AppliedState {
+        self.applied.clone()
+    }
+
+    /// Index of the current snapshot, if any (for status).
+    pub fn snapshot_index(&self) -> Option<u64> {
+        let bytes = self.snapshots.get(KEY_CURRENT_SNAPSHOT).ok().flatten()?;
+        let (meta, _): (SnapshotMeta<NodeId, NodeAddr>, Vec<u8>) = codec::decode(&bytes).ok()?;
+        meta.last_log_id.map(|l| l.index)
+    }
+
+    fn encode_value(
+        state: &RegistryState,
+        key: &StateKey,
+    ) -> Result<Option<Vec<u8>>, bincode::error::EncodeError> {
+        Ok(match key {
+            StateKey::Service(ns, name) => {
+                state.service(ns, name).map(codec::encode).transpose()?
+            }
+            StateKey::Endpoint(ns, svc, id) => {
+                state.endpoint(ns, svc, id).map(codec::encode).transpose()?
+            }
+            StateKey::Config(kind, ns, name) => state
+                .config(*kind, ns, name)
+                .map(codec::encode)
+                .transpose()?,
+        })
+    }
+
+    async fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, NodeAddr>,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        let write = |e: String| {
+            io_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        };
+        let bytes = codec::encode(&(meta, data)).map_err(|e| write(e.to_string()))?;
+        self.snapshots
+            .insert(KEY_CURRENT_SNAPSHOT, bytes)
+            .map_err(|e| write(e.to_string()))?;
+        // The log below this snapshot is about to be purged: the snapshot and the state it
+        // describes must be on disk first.
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| write(e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SledStateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        // A point-in-time copy taken under the read lock; serialization happens outside it.
+        let (state, last_applied, membership) = {
+            let guard = self.applied.inner.read().unwrap_or_else(|e| e.into_inner());
+            (
+                guard.state.clone(),
+                guard.last_applied,
+                guard.membership.clone(),
+            )
+        };
+        let data = codec::encode(&state)
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        let seq = self
+            .snapshot_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
+            None => format!("none-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        self.save_snapshot(&meta, &data).await?;
+        tracing::info!(index = ?last_applied.map(|l| l.index), bytes = data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for SledStateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let guard = self.applied.inner.read().unwrap_or_else(|e| e.into_inner());
+        Ok((guard.last_applied, guard.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let write = |e: String| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e);
+        let mut results = Vec::new();
+        let mut batch = sled::Batch::default();
+        let last_index;
+        {
+            let mut guard = self
+                .applied
+                .inner
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let applied = &mut *guard;
+            for entry in entries {
+                applied.last_applied = Some(entry.log_id);
+                let result = match entry.payload {
+                    EntryPayload::Blank => Ok(Applied::Nothing),
+                    EntryPayload::Normal(proposal) => {
+                        let VersionedCommand::V1(command) = &proposal.command;
+                        let (result, changes) =
+                            apply_command(&mut applied.state, entry.log_id.index, command);
+                        for change in changes {
+                            match Self::encode_value(&applied.state, &change.key)
+                                .map_err(|e| write(e.to_string()))?
+                            {
+                                Some(bytes) => batch.insert(change.key.encode(), bytes),
+                                None => batch.remove(change.key.encode()),
+                            }
+                        }
+                        result
+                    }
+                    EntryPayload::Membership(membership) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Ok(Applied::Nothing)
+                    }
+                };
+                results.push(result);
+            }
+            batch.insert(
+                KEY_LAST_APPLIED,
+                codec::encode(&applied.last_applied).map_err(|e| write(e.to_string()))?,
+            );
+            batch.insert(
+                KEY_MEMBERSHIP,
+                codec::encode(&applied.membership).map_err(|e| write(e.to_string()))?,
+            );
+            last_index = applied.last_applied.map_or(0, |l| l.index);
+        }
+        // Not fsync'd here: the log is durable, and on restart openraft re-applies from the
+        // persisted `last_applied` up to the committed index.
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| write(e.to_string()))?;
+        self.applied.applied_index.send_replace(last_index);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeAddr>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+        let data = snapshot.into_inner();
+        let state: RegistryState =
+            codec::decode(&data).map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
+
+        // Replace the state tree wholesale in one atomic batch.
+        let mut batch = sled::Batch::default();
+        for item in self.tree.iter() {
+            let (key, _) = item.map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
+            batch.remove(key);
+        }
+        let enc = |e: bincode::error::EncodeError| io_err(subject.clone(), ErrorVerb::Write, e);
+        for s in state.services.values() {
+            let key = StateKey::Service(s.value.namespace.clone(), s.value.name.clone());
+            batch.insert(key.encode(), codec::encode(s).map_err(enc)?);
+        }
+        for e in state.endpoints.values() {
+            let key = StateKey::Endpoint(
+                e.value.namespace.clone(),
+                e.value.service.clone(),
+                e.value.id.clone(),
+            );
+            batch.insert(key.encode(), codec::encode(e).map_err(enc)?);
+        }
+        for c in state.configs.values() {
+            let key = StateKey::Config(c.stored.value.kind(), c.namespace.clone(), c.name.clone());
+            batch.insert(key.encode(), codec::encode(c).map_err(enc)?);
+        }
+        batch.insert(
+            KEY_LAST_APPLIED,
+            codec::encode(&meta.last_log_id).map_err(enc)?,
+        );
+        batch.insert(
+            KEY_MEMBERSHIP,
+            codec::encode(&meta.last_membership).map_err(enc)?,
+        );
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
+        self.save_snapshot(meta, &data).await?;
+
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        {
+            let mut guard = self
+                .applied
+                .inner
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            guard.state = state;
+            guard.last_applied = meta.last_log_id;
+            guard.membership = meta.last_membership.clone();
+        }
+        self.applied.applied_index.send_replace(index);
+        tracing::info!(index, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some(bytes) = self
+            .snapshots
+            .get(KEY_CURRENT_SNAPSHOT)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        let (meta, data): (SnapshotMeta<NodeId, NodeAddr>, Vec<u8>) = codec::decode(&bytes)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

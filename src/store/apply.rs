@@ -1,0 +1,411 @@
+//! `apply_command`: the deterministic transition function of the replicated state.
+//!
+//! Inputs are the log index and the command (with the proposer's time inside it); there is no
+//! clock, randomness or I/O here, so every replica computes the same result and changes.
+
+use super::{RegistryState, StateKey, Stored, StoredConfig};
+use crate::command::{Applied, ApplyError, Command, CommandResult};
+
+/// One object changed by a command, with its value before and after (for persistence, and
+/// later for watch events).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Which object.
+    pub key: StateKey,
+}
+
+/// Checks a compare-and-set guard against an object's current `mod_revision`
+/// (`None` when the object does not exist).
+///
+/// `expected = None` always passes; `Some(0)` demands that the object not exist (create only);
+/// `Some(r)` demands that it exist with `mod_revision == r`. This mirrors etcd's `Compare` on
+/// `mod_revision` with `create_revision == 0` meaning absent.
+pub fn check_revision(
+    kind: &str,
+    key: &str,
+    expected: Option<u64>,
+    current: Option<u64>,
+) -> Result<(), ApplyError> {
+    match expected {
+        None => Ok(()),
+        Some(expected) if expected == current.unwrap_or(0) => Ok(()),
+        Some(expected) => Err(ApplyError::RevisionMismatch {
+            kind: kind.to_string(),
+            key: key.to_string(),
+            expected,
+            current: current.unwrap_or(0),
+        }),
+    }
+}
+
+/// Applies `command` as log entry `index`. On error the state is untouched and no change is
+/// returned.
+pub fn apply_command(
+    state: &mut RegistryState,
+    index: u64,
+    command: &Command,
+) -> (CommandResult, Vec<Change>) {
+    match apply_inner(state, index, command) {
+        Ok((applied, changes)) => (Ok(applied), changes),
+        Err(e) => (Err(e), Vec::new()),
+    }
+}
+
+fn apply_inner(
+    state: &mut RegistryState,
+    index: u64,
+    command: &Command,
+) -> Result<(Applied, Vec<Change>), ApplyError> {
+    match command {
+        Command::RegisterService {
+            service,
+            expected_revision,
+        } => {
+            let key = (service.namespace.clone(), service.name.clone());
+            let existing = state.services.get(&key);
+            check_revision(
+                "service",
+                &format!("{}/{}", key.0, key.1),
+                *expected_revision,
+                existing.map(|s| s.mod_revision),
+            )?;
+            let stored = Stored {
+                value: service.clone(),
+                create_revision: existing.map_or(index, |s| s.create_revision),
+                mod_revision: index,
+            };
+            state.services.insert(key.clone(), stored.clone());
+            Ok((
+                Applied::Service {
+                    service: stored,
+                    endpoints_removed: 0,
+                },
+                vec![Change {
+                    key: StateKey::Service(key.0, key.1),
+                }],
+            ))
+        }
+        Command::DeregisterService {
+            namespace,
+            name,
+            expected_revision,
+        } => {
+            let key = (namespace.clone(), name.clone());
+            let display = format!("{namespace}/{name}");
+            let Some(existing) = state.services.get(&key) else {
+                return Err(ApplyError::NotFound {
+                    kind: "service".into(),
+                    key: display,
+                });
+            };
+            check_revision(
+                "service",
+                &display,
+                *expected_revision,
+                Some(existing.mod_revision),
+            )?;
+            let removed = state.services.remove(&key).expect("checked above");
+            let mut changes = vec![Change {
+                key: StateKey::Service(namespace.clone(), name.clone()),
+            }];
+            let endpoint_keys = state.endpoints_of(namespace, name);
+            for ek in &endpoint_keys {
+                state.endpoints.remove(ek);
+                changes.push(Change {
+                    key: StateKey::Endpoint(ek.0.clone(), ek.1.clone(), ek.2.clone()),
+                });
+            }
+            Ok((
+                Applied::Service {
+                    service: removed,
+                    endpoints_removed: endpoint_keys.len() as u32,
+                },
+                changes,
+            ))
+        }
+        Command::UpsertEndpoint {
+            endpoint,
+            expected_revision,
+        } => {
+            if state
+                .service(&endpoint.namespace, &endpoint.service)
+                .is_none()
+            {
+                return Err(ApplyError::FailedPrecondition(format!(
+                    "endpoint.service: service {}/{} is not registered",
+                    endpoint.namespace, endpoint.service
+                )));
+            }
+            let key = (
+                endpoint.namespace.clone(),
+                endpoint.service.clone(),
+                endpoint.id.clone(),
+            );
+            let existing = state.endpoints.get(&key);
+            check_revision(
+                "endpoint",
+                &format!("{}/{}/{}", key.0, key.1, key.2),
+                *expected_revision,
+                existing.map(|e| e.mod_revision),
+            )?;
+            let stored = Stored {
+                value: endpoint.clone(),
+                create_revision: existing.map_or(index, |e| e.create_revision),
+                mod_revision: index,
+            };
+            state.endpoints.insert(key.clone(), stored.clone());
+            Ok((
+                Applied::Endpoint(stored),
+                vec![Change {
+                    key: StateKey::Endpoint(key.0, key.1, key.2),
+                }],
+            ))
+        }
+        Command::RemoveEndpoint {
+            namespace,
+            service,
+            id,
+            expected_revision,
+        } => {
+            let key = (namespace.clone(), service.clone(), id.clone());
+            let display = format!("{namespace}/{service}/{id}");
+            let Some(existing) = state.endpoints.get(&key) else {
+                return Err(ApplyError::NotFound {
+                    kind: "endpoint".into(),
+                    key: display,
+                });
+            };
+            check_revision(
+                "endpoint",
+                &display,
+                *expected_revision,
+                Some(existing.mod_revision),
+            )?;
+            let removed = state.endpoints.remove(&key).expect("checked above");
+            Ok((
+                Applied::Endpoint(removed),
+                vec![Change {
+                    key: StateKey::Endpoint(key.0, key.1, key.2),
+                }],
+            ))
+        }
+        Command::PutConfig {
+            namespace,
+            name,
+            spec,
+            expected_revision,
+        } => {
+            let kind = spec.kind();
+            let key = (kind, namespace.clone(), name.clone());
+            let existing = state.configs.get(&key);
+            check_revision(
+                kind.as_str(),
+                &format!("{namespace}/{name}"),
+                *expected_revision,
+                existing.map(|c| c.stored.mod_revision),
+            )?;
+            let stored = StoredConfig {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                stored: Stored {
+                    value: spec.clone(),
+                    create_revision: existing.map_or(index, |c| c.stored.create_revision),
+                    mod_revision: index,
+                },
+            };
+            state.configs.insert(key, stored.clone());
+            Ok((
+                Applied::Config(stored),
+                vec![Change {
+                    key: StateKey::Config(kind, namespace.clone(), name.clone()),
+                }],
+            ))
+        }
+        Command::DeleteConfig {
+            kind,
+            namespace,
+            name,
+            expected_revision,
+        } => {
+            let key = (*kind, namespace.clone(), name.clone());
+            let display = format!("{namespace}/{name}");
+            let Some(existing) = state.configs.get(&key) else {
+                return Err(ApplyError::NotFound {
+                    kind: kind.as_str().to_string(),
+                    key: display,
+                });
+            };
+            check_revision(
+                kind.as_str(),
+                &display,
+                *expected_revision,
+                Some(existing.stored.mod_revision),
+            )?;
+            let removed = state.configs.remove(&key).expect("checked above");
+            Ok((
+                Applied::Config(removed),
+                vec![Change {
+                    key: StateKey::Config(*kind, namespace.clone(), name.clone()),
+                }],
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, Service};
+
+    fn service(name: &str) -> Service {
+        let mut s = Service {
+            name: name.to_string(),
+            namespace: "default".to_string(),
+            ..Default::default()
+        };
+        s.ports = Vec::new();
+        s
+    }
+
+    fn endpoint(service: &str, id: &str) -> Endpoint {
+        Endpoint {
+            id: id.to_string(),
+            service: service.to_string(),
+            namespace: "default".to_string(),
+            address: "127.0.0.1".to_string(),
+            port: 9000,
+            weight: 1,
+            ..Default::default()
+        }
+    }
+
+    fn register(
+        state: &mut RegistryState,
+        index: u64,
+        name: &str,
+        expected: Option<u64>,
+    ) -> CommandResult {
+        apply_command(
+            state,
+            index,
+            &Command::RegisterService {
+                service: service(name),
+                expected_revision: expected,
+            },
+        )
+        .0
+    }
+
+    #[test]
+    fn register_stamps_create_and_mod_revision() {
+        let mut state = RegistryState::default();
+        register(&mut state, 5, "web", None).unwrap();
+        register(&mut state, 9, "web", None).unwrap();
+        let s = state.service("default", "web").unwrap();
+        assert_eq!((s.create_revision, s.mod_revision), (5, 9));
+    }
+
+    #[test]
+    fn stale_expected_revision_fails_and_changes_nothing() {
+        let mut state = RegistryState::default();
+        register(&mut state, 5, "web", None).unwrap();
+        register(&mut state, 6, "web", None).unwrap();
+        let before = state.clone();
+        let err = register(&mut state, 7, "web", Some(5)).unwrap_err();
+        assert_eq!(
+            err,
+            ApplyError::RevisionMismatch {
+                kind: "service".into(),
+                key: "default/web".into(),
+                expected: 5,
+                current: 6
+            }
+        );
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn expected_zero_means_create_only() {
+        let mut state = RegistryState::default();
+        register(&mut state, 3, "web", Some(0)).unwrap();
+        assert!(matches!(
+            register(&mut state, 4, "web", Some(0)),
+            Err(ApplyError::RevisionMismatch { current: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn endpoint_of_unknown_service_is_rejected() {
+        let mut state = RegistryState::default();
+        let (result, changes) = apply_command(
+            &mut state,
+            1,
+            &Command::UpsertEndpoint {
+                endpoint: endpoint("web", "a"),
+                expected_revision: None,
+            },
+        );
+        assert!(
+            matches!(result, Err(ApplyError::FailedPrecondition(m)) if m.contains("endpoint.service"))
+        );
+        assert!(changes.is_empty());
+        assert!(state.endpoints.is_empty());
+    }
+
+    #[test]
+    fn deregister_service_removes_its_endpoints_only() {
+        let mut state = RegistryState::default();
+        register(&mut state, 1, "web", None).unwrap();
+        register(&mut state, 2, "web2", None).unwrap();
+        for (i, (svc, id)) in [("web", "a"), ("web", "b"), ("web2", "c")]
+            .iter()
+            .enumerate()
+        {
+            apply_command(
+                &mut state,
+                3 + i as u64,
+                &Command::UpsertEndpoint {
+                    endpoint: endpoint(svc, id),
+                    expected_revision: None,
+                },
+            )
+            .0
+            .unwrap();
+        }
+        let (result, changes) = apply_command(
+            &mut state,
+            10,
+            &Command::DeregisterService {
+                namespace: "default".into(),
+                name: "web".into(),
+                expected_revision: None,
+            },
+        );
+        assert!(matches!(
+            result,
+            Ok(Applied::Service {
+                endpoints_removed: 2,
+                ..
+            })
+        ));
+        assert_eq!(changes.len(), 3);
+        assert_eq!(state.endpoints.len(), 1);
+        assert!(state.endpoint("default", "web2", "c").is_some());
+    }
+
+    #[test]
+    fn removing_a_missing_object_is_not_found() {
+        let mut state = RegistryState::default();
+        let (result, _) = apply_command(
+            &mut state,
+            1,
+            &Command::RemoveEndpoint {
+                namespace: "default".into(),
+                service: "web".into(),
+                id: "a".into(),
+                expected_revision: None,
+            },
+        );
+        assert!(matches!(result, Err(ApplyError::NotFound { .. })));
+    }
+}

@@ -1,0 +1,36 @@
+//! The applied state: a pure, deterministic `apply(index, command)` over in-memory indexes,
+//! plus the keys the storage layer persists. No I/O here; `raft::state_machine` writes the
+//! changes to sled.
+
+mod apply;
+mod state;
+
+pub use apply::{apply_command, check_revision, Change};
+pub use state::{EndpointKey, RegistryState, StateKey};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ConfigSpec;
+
+/// An object as stored: the value plus the revisions that created and last changed it.
+/// A revision is the Raft log index of the entry that made the change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stored<T> {
+    /// The object itself.
+    pub value: T,
+    /// Log index of the entry that created the object.
+    pub create_revision: u64,
+    /// Log index of the entry that last changed it.
+    pub mod_revision: u64,
+}
+
+/// A typed config object with its key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredConfig {
+    /// Namespace of the object.
+    pub namespace: String,
+    /// Name (the service it applies to).
+    pub name: String,
+    /// The spec and its revisions.
+    pub stored: Stored<ConfigSpec>,
+}

@@ -1,0 +1,132 @@
+//! In-memory indexes of the registry and config store, and the read views over them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Stored, StoredConfig};
+use crate::model::{ConfigKind, Endpoint, Service};
+
+/// `(namespace, service, endpoint id)`.
+pub type EndpointKey = (String, String, String);
+
+/// Identifies one stored object; also its key in the sled state tree.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum StateKey {
+    /// `(namespace, name)`.
+    Service(String, String),
+    /// `(namespace, service, id)`.
+    Endpoint(String, String, String),
+    /// `(kind, namespace, name)`.
+    Config(ConfigKind, String, String),
+}
+
+impl StateKey {
+    /// The sled key. Names never contain '/', so the encoding is unambiguous and sorts by
+    /// kind, then namespace.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            StateKey::Service(ns, name) => format!("s/{ns}/{name}").into_bytes(),
+            StateKey::Endpoint(ns, svc, id) => format!("e/{ns}/{svc}/{id}").into_bytes(),
+            StateKey::Config(kind, ns, name) => {
+                format!("c/{}/{ns}/{name}", kind.as_str()).into_bytes()
+            }
+        }
+    }
+}
+
+/// The whole replicated state of one node, as of `last_applied`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegistryState {
+    /// Services by `(namespace, name)`.
+    pub services: BTreeMap<(String, String), Stored<Service>>,
+    /// Endpoints by `(namespace, service, id)`; the order groups a service's endpoints.
+    pub endpoints: BTreeMap<EndpointKey, Stored<Endpoint>>,
+    /// Config objects by `(kind, namespace, name)`.
+    pub configs: BTreeMap<(ConfigKind, String, String), StoredConfig>,
+}
+
+/// True when every pair in `selector` is among `labels`.
+pub fn labels_match(
+    labels: &BTreeMap<String, String>,
+    selector: &std::collections::HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+impl RegistryState {
+    /// One service.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Stored<Service>> {
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// Services in a namespace (all when empty) whose labels match the selector.
+    pub fn list_services(
+        &self,
+        namespace: &str,
+        selector: &std::collections::HashMap<String, String>,
+    ) -> Vec<Stored<Service>> {
+        self.services
+            .iter()
+            .filter(|((ns, _), _)| namespace.is_empty() || ns == namespace)
+            .filter(|(_, s)| labels_match(&s.value.labels, selector))
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    /// One endpoint.
+    pub fn endpoint(&self, namespace: &str, service: &str, id: &str) -> Option<&Stored<Endpoint>> {
+        self.endpoints
+            .get(&(namespace.to_string(), service.to_string(), id.to_string()))
+    }
+
+    /// Endpoints filtered by namespace and service (all when empty) and a label selector.
+    pub fn list_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        selector: &std::collections::HashMap<String, String>,
+    ) -> Vec<Stored<Endpoint>> {
+        self.endpoints
+            .iter()
+            .filter(|((ns, svc, _), _)| {
+                (namespace.is_empty() || ns == namespace) && (service.is_empty() || svc == service)
+            })
+            .filter(|(_, e)| labels_match(&e.value.labels, selector))
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Endpoints of one service, in id order.
+    pub fn endpoints_of(&self, namespace: &str, service: &str) -> Vec<EndpointKey> {
+        let start = (namespace.to_string(), service.to_string(), String::new());
+        self.endpoints
+            .range(start..)
+            .take_while(|((ns, svc, _), _)| ns == namespace && svc == service)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// One config object.
+    pub fn config(&self, kind: ConfigKind, namespace: &str, name: &str) -> Option<&StoredConfig> {
+        self.configs
+            .get(&(kind, namespace.to_string(), name.to_string()))
+    }
+
+    /// Config objects of a kind (all when `None`) in a namespace (all when empty).
+    pub fn list_configs(&self, kind: Option<ConfigKind>, namespace: &str) -> Vec<StoredConfig> {
+        self.configs
+            .iter()
+            .filter(|((k, ns, _), _)| {
+                kind.is_none_or(|want| *k == want) && (namespace.is_empty() || ns == namespace)
+            })
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    /// Number of stored objects, for metrics and status.
+    pub fn object_count(&self) -> usize {
+        self.services.len() + self.endpoints.len() + self.configs.len()
+    }
+}

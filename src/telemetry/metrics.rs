@@ -1,0 +1,157 @@
+//! Prometheus metrics for one node, registered in a private registry (several nodes can run
+//! in one test process without clashing).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric a node exports. Cheap to clone (prometheus metrics are `Arc`s inside).
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    registry: Registry,
+    /// gRPC requests by method and status code.
+    pub api_requests: IntCounterVec,
+    /// gRPC request latency by method.
+    pub api_latency: HistogramVec,
+    /// Current Raft term.
+    pub raft_term: IntGauge,
+    /// Current leader id (0 when unknown).
+    pub raft_leader: IntGauge,
+    /// 1 when this node is the leader.
+    pub raft_is_leader: IntGauge,
+    /// Index of the last log entry on this node.
+    pub raft_last_log_index: IntGauge,
+    /// Index of the last applied entry (the store revision).
+    pub raft_applied_index: IntGauge,
+    /// Index of the last snapshot.
+    pub raft_snapshot_index: IntGauge,
+    /// Index of the last purged log entry.
+    pub raft_purged_index: IntGauge,
+    /// Entries committed by the leader but not yet applied here (leader's view).
+    pub raft_apply_lag: IntGauge,
+    /// Leader changes seen by this node.
+    pub raft_leader_changes: IntCounter,
+    /// Elections this node won.
+    pub raft_elections_won: IntCounter,
+    /// Objects in the applied state.
+    pub store_objects: IntGauge,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new(node_id: u64) -> Self {
+        let registry = Registry::new_custom(
+            Some("bowline".to_string()),
+            Some(
+                [("node".to_string(), node_id.to_string())]
+                    .into_iter()
+                    .collect(),
+            ),
+        )
+        .expect("valid registry");
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "api_requests_total",
+                "gRPC requests by method and status code",
+            ),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(api_requests.clone()))
+            .expect("unique metric");
+        let api_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "api_request_duration_seconds",
+                "gRPC request latency by method",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["method"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(api_latency.clone()))
+            .expect("unique metric");
+        Self {
+            api_requests,
+            api_latency,
+            raft_term: gauge(&registry, "raft_term", "Current Raft term"),
+            raft_leader: gauge(
+                &registry,
+                "raft_leader_id",
+                "Current leader id, 0 when unknown",
+            ),
+            raft_is_leader: gauge(&registry, "raft_is_leader", "1 when this node leads"),
+            raft_last_log_index: gauge(
+                &registry,
+                "raft_last_log_index",
+                "Index of the last log entry",
+            ),
+            raft_applied_index: gauge(
+                &registry,
+                "raft_applied_index",
+                "Index of the last applied entry (store revision)",
+            ),
+            raft_snapshot_index: gauge(
+                &registry,
+                "raft_snapshot_index",
+                "Index of the last snapshot",
+            ),
+            raft_purged_index: gauge(
+                &registry,
+                "raft_purged_index",
+                "Index of the last purged log entry",
+            ),
+            raft_apply_lag: gauge(
+                &registry,
+                "raft_apply_lag",
+                "Log entries present but not yet applied",
+            ),
+            raft_leader_changes: counter(
+                &registry,
+                "raft_leader_changes_total",
+                "Leader changes seen by this node",
+            ),
+            raft_elections_won: counter(
+                &registry,
+                "raft_elections_won_total",
+                "Elections this node won",
+            ),
+            store_objects: gauge(&registry, "store_objects", "Objects in the applied state"),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder
+            .encode(&self.registry.gather(), &mut buffer)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
