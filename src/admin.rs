@@ -123,8 +123,11 @@ pub async fn track_raft_metrics(
             }
             was_serving = Some(serving);
         }
-        if rx.changed().await.is_err() {
-            return;
+        // Raft publishes on state changes; the tick catches a leader quietly losing its
+        // quorum, which changes readiness without a new metrics value.
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
     }
 }

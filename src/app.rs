@@ -100,6 +100,9 @@ pub struct NodeHandle {
     pub applied: AppliedState,
     /// Metrics.
     pub metrics: Metrics,
+    /// A leader that has not heard from a quorum for this long is not ready: openraft 0.9
+    /// keeps such a leader in place until it sees a higher term.
+    pub quorum_ack_timeout_ms: u64,
 }
 
 impl NodeHandle {
@@ -109,8 +112,23 @@ impl NodeHandle {
         let m = self.consensus.raft.metrics().borrow().clone();
         let applied = m.last_applied.map_or(0, |l| l.index);
         let last = m.last_log_index.unwrap_or(0);
+        let leading = m.current_leader == Some(self.consensus.id);
         match m.current_leader {
             None => (false, "no leader known".to_string()),
+            Some(_)
+                if leading
+                    && m.millis_since_quorum_ack
+                        .is_none_or(|ms| ms > self.quorum_ack_timeout_ms) =>
+            {
+                (
+                    false,
+                    format!(
+                        "leader without a quorum for {} ms",
+                        m.millis_since_quorum_ack
+                            .map_or("ever".to_string(), |ms| ms.to_string())
+                    ),
+                )
+            }
             Some(_) if last.saturating_sub(applied) > 1000 => {
                 (false, format!("catching up: applied {applied} of {last}"))
             }
@@ -242,6 +260,7 @@ pub async fn run_node(
         consensus: consensus.clone(),
         applied: applied.clone(),
         metrics: metrics.clone(),
+        quorum_ack_timeout_ms: config.raft.election_timeout_max_ms,
     };
     let ctx = ApiContext {
         consensus: consensus.clone(),

@@ -102,7 +102,7 @@ impl Cluster for ClusterService {
                     openraft::ServerState::Candidate => "candidate",
                     openraft::ServerState::Shutdown => "shutdown",
                 };
-                let revision = self.ctx.applied.revision();
+                let revision = self.ctx.applied.read(|_, revision| revision);
                 Ok(StatusResponse {
                     header: self.ctx.header(revision),
                     leader_id: metrics.current_leader.unwrap_or(0),

@@ -141,7 +141,7 @@ impl Client {
                 ));
             }
             index = (index + 1) % n;
-            if attempts % n == 0 {
+            if attempts.is_multiple_of(n) {
                 // A whole round failed: the cluster is probably electing; back off a little.
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -201,8 +201,13 @@ impl Consensus {
                 Err(e) => Err(fatal(e)),
             },
             ForwardRequest::AddLearner { id, node } => {
-                let result = self.raft.add_learner(id, node, true).await;
-                self.membership_result(result.map(|r| r.log_id.index))
+                let result = self.raft.add_learner(id, node, false).await;
+                let reply = self.membership_result(result.map(|r| r.log_id.index))?;
+                let ForwardReply::MembershipChanged { index } = reply else {
+                    return Ok(reply);
+                };
+                self.wait_replicated(id, index).await?;
+                Ok(reply)
             }
             ForwardRequest::Promote(id) => {
                 let members = self.voters_and_learners();
@@ -238,6 +243,36 @@ impl Consensus {
                 let result = self.raft.change_membership(change, false).await;
                 self.membership_result(result.map(|r| r.log_id.index))
             }
+        }
+    }
+
+    /// Waits until the leader has replicated at least `index` to `target` (a new learner has
+    /// caught up, by log or by snapshot). openraft's own blocking `add_learner` returns early
+    /// when the target is not reachable yet, which would let a caller promote a node that
+    /// has nothing.
+    async fn wait_replicated(&self, target: NodeId, index: u64) -> Result<(), ConsensusError> {
+        let mut metrics = self.raft.metrics();
+        let id = self.id;
+        let caught_up = async move {
+            let m = metrics.wait_for(|m| {
+                m.current_leader != Some(self.id)
+                    || m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&target))
+                        .and_then(|matched| *matched)
+                        .is_some_and(|matched| matched.index >= index)
+            });
+            m.await.map(|m| m.current_leader == Some(id))
+        };
+        match tokio::time::timeout(MEMBERSHIP_TIMEOUT, caught_up).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(ConsensusError::Unavailable(format!(
+                "lost leadership while node {target} was catching up; check `bowline cluster status`"
+            ))),
+            Ok(Err(_)) => Err(fatal("raft stopped")),
+            Err(_) => Err(ConsensusError::Unavailable(format!(
+                "node {target} was added as a learner but did not catch up within {MEMBERSHIP_TIMEOUT:?}; is it running and reachable?"
+            ))),
         }
     }
 

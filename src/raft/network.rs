@@ -24,6 +24,8 @@ use crate::proto::peer::{NodeInfoRequest, NodeInfoResponse, PeerMessage};
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Work a follower forwards to the leader.
+// Transient RPC values, encoded at once: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {
     /// A client write.
@@ -44,6 +46,7 @@ pub enum ForwardRequest {
 }
 
 /// The leader's answer to a forwarded request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardReply {
     /// A write was committed and applied at `index` with `result`.

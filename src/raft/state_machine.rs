@@ -20,6 +20,7 @@ use crate::store::{apply_command, RegistryState, StateKey};
 
 const KEY_LAST_APPLIED: &[u8] = b"m/last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"m/membership";
+const KEY_REVISION: &[u8] = b"m/revision";
 const KEY_CURRENT_SNAPSHOT: &[u8] = b"current";
 
 /// What a node has applied, shared with readers.
@@ -46,15 +47,14 @@ pub struct AppliedState {
 }
 
 impl AppliedState {
-    /// Runs `f` with the state and the revision it is at.
+    /// Runs `f` with the state and its store revision.
     pub fn read<T>(&self, f: impl FnOnce(&RegistryState, u64) -> T) -> T {
         let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        let revision = guard.last_applied.map_or(0, |l| l.index);
-        f(&guard.state, revision)
+        f(&guard.state, guard.state.revision)
     }
 
-    /// The applied index now.
-    pub fn revision(&self) -> u64 {
+    /// The applied log index now (at least the store revision).
+    pub fn applied_index(&self) -> u64 {
         *self.applied_index.borrow()
     }
 
@@ -139,6 +139,8 @@ impl SledStateMachine {
                 applied.last_applied = codec::decode(&value).map_err(decode_err)?;
             } else if key.as_ref() == KEY_MEMBERSHIP {
                 applied.membership = codec::decode(&value).map_err(decode_err)?;
+            } else if key.as_ref() == KEY_REVISION {
+                applied.state.revision = codec::decode(&value).map_err(decode_err)?;
             } else {
                 decode_object(&mut applied.state, &key, &value).map_err(decode_err)?;
             }
@@ -303,6 +305,10 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
             batch.insert(
                 KEY_MEMBERSHIP,
                 codec::encode(&applied.membership).map_err(|e| write(e.to_string()))?,
+            );
+            batch.insert(
+                KEY_REVISION,
+                codec::encode(&applied.state.revision).map_err(|e| write(e.to_string()))?,
             );
             last_index = applied.last_applied.map_or(0, |l| l.index);
         }

@@ -6,8 +6,8 @@
 use super::{RegistryState, StateKey, Stored, StoredConfig};
 use crate::command::{Applied, ApplyError, Command, CommandResult};
 
-/// One object changed by a command, with its value before and after (for persistence, and
-/// later for watch events).
+/// One object changed by a command; the storage layer persists its new value (or its
+/// removal).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     /// Which object.
@@ -46,7 +46,12 @@ pub fn apply_command(
     command: &Command,
 ) -> (CommandResult, Vec<Change>) {
     match apply_inner(state, index, command) {
-        Ok((applied, changes)) => (Ok(applied), changes),
+        Ok((applied, changes)) => {
+            if !changes.is_empty() {
+                state.revision = index;
+            }
+            (Ok(applied), changes)
+        }
         Err(e) => (Err(e), Vec::new()),
     }
 }
@@ -258,13 +263,14 @@ mod tests {
     use crate::model::{Endpoint, Service};
 
     fn service(name: &str) -> Service {
-        let mut s = Service {
+        Service {
             name: name.to_string(),
             namespace: "default".to_string(),
-            ..Default::default()
-        };
-        s.ports = Vec::new();
-        s
+            ports: Vec::new(),
+            labels: Default::default(),
+            metadata: Default::default(),
+            depends_on: Vec::new(),
+        }
     }
 
     fn endpoint(service: &str, id: &str) -> Endpoint {
@@ -274,8 +280,12 @@ mod tests {
             namespace: "default".to_string(),
             address: "127.0.0.1".to_string(),
             port: 9000,
+            labels: Default::default(),
+            locality: Default::default(),
             weight: 1,
-            ..Default::default()
+            priority: 0,
+            ttl: None,
+            health: Default::default(),
         }
     }
 
@@ -303,6 +313,7 @@ mod tests {
         register(&mut state, 9, "web", None).unwrap();
         let s = state.service("default", "web").unwrap();
         assert_eq!((s.create_revision, s.mod_revision), (5, 9));
+        assert_eq!(state.revision, 9);
     }
 
     #[test]
@@ -350,6 +361,10 @@ mod tests {
         );
         assert!(changes.is_empty());
         assert!(state.endpoints.is_empty());
+        assert_eq!(
+            state.revision, 0,
+            "a rejected command must not move the revision"
+        );
     }
 
     #[test]

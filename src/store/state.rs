@@ -38,6 +38,10 @@ impl StateKey {
 /// The whole replicated state of one node, as of `last_applied`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegistryState {
+    /// The store revision: log index of the last entry that changed an object. Entries that
+    /// change nothing (rejected commands, blank and membership entries) leave it alone, as a
+    /// failed etcd transaction leaves etcd's revision alone.
+    pub revision: u64,
     /// Services by `(namespace, name)`.
     pub services: BTreeMap<(String, String), Stored<Service>>,
     /// Endpoints by `(namespace, service, id)`; the order groups a service's endpoints.

@@ -1,0 +1,89 @@
+//! Nothing acknowledged is ever lost: SIGKILL every node while clients write, restart, and
+//! check that every acknowledged write is there.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bowline::client::{Client, ClientOptions};
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_every_node_during_writes_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_for_leader().await;
+    let endpoints: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.client_addr.clone())
+        .collect();
+    // Short timeouts so writers notice the crash quickly and stop.
+    let client = Client::new(
+        &endpoints,
+        ClientOptions {
+            total_timeout: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(1),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+
+    // Phase 1: four writers record every acknowledged write (bounded: at most 2,000 each).
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let client = client.clone();
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            let mut failures = 0;
+            for i in 0..2_000 {
+                let name = format!("w{w}-{i}");
+                match register_service(&client, &name).await {
+                    Ok(_) => acknowledged.lock().unwrap().push(name),
+                    Err(_) => {
+                        failures += 1;
+                        if failures > 3 {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    // Phase 2: once writes are flowing, SIGKILL all three nodes at once.
+    Cluster::eventually("at least 100 writes acknowledged", || {
+        let n = acknowledged.lock().unwrap().len();
+        async move { (n >= 100).then_some(()) }
+    })
+    .await;
+    for i in 0..cluster.nodes.len() {
+        cluster.kill(i);
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 100);
+
+    // Phase 3: restart every node from its data directory.
+    for i in 0..cluster.nodes.len() {
+        cluster.spawn(i);
+    }
+    cluster.wait_for_leader().await;
+
+    // Phase 4: every acknowledged write is present, on every node.
+    for i in 0..cluster.nodes.len() {
+        let names = service_names(&cluster.client_for(i)).await;
+        let missing: Vec<_> = acknowledged.iter().filter(|n| !names.contains(n)).collect();
+        assert!(
+            missing.is_empty(),
+            "node {} lost {} of {} acknowledged writes, e.g. {:?}",
+            cluster.nodes[i].id,
+            missing.len(),
+            acknowledged.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+}

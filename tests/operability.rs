@@ -1,0 +1,129 @@
+//! Operability: metrics, health and readiness endpoints, JSON logs, graceful SIGTERM.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_port_serves_metrics_health_and_readiness() {
+    let cluster = Cluster::start(3).await;
+    register_service(&cluster.client(), "web").await.unwrap();
+
+    for node in &cluster.nodes {
+        let (status, body) = http_get(&node.admin_addr, "/healthz").unwrap();
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = Cluster::eventually("node ready", || {
+            let r = http_get(&node.admin_addr, "/readyz");
+            async move { r.filter(|(s, _)| *s == 200) }
+        })
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, metrics) = http_get(&node.admin_addr, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        for name in [
+            "bowline_raft_term",
+            "bowline_raft_leader_id",
+            "bowline_raft_applied_index",
+            "bowline_raft_last_log_index",
+            "bowline_raft_leader_changes_total",
+            "bowline_store_objects",
+        ] {
+            assert!(
+                metrics.contains(name),
+                "node {} /metrics lacks {name}",
+                node.id
+            );
+        }
+    }
+    // The request counter carries method and code labels, counted on the node that served it.
+    let all: String = cluster
+        .nodes
+        .iter()
+        .map(|n| http_get(&n.admin_addr, "/metrics").unwrap().1)
+        .collect();
+    assert!(
+        all.contains("bowline_api_requests_total{code=\"Ok\",method=\"RegisterService\""),
+        "no RegisterService request counted"
+    );
+    assert!(all.contains("bowline_api_request_duration_seconds_bucket"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_without_quorum_is_alive_but_not_ready() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    // Kill both other nodes: the survivor loses its quorum and, within an election
+    // timeout, its leader.
+    let survivor = cluster.index_of(leader);
+    for i in 0..cluster.nodes.len() {
+        if i != survivor {
+            cluster.kill(i);
+        }
+    }
+    let addr = cluster.nodes[survivor].admin_addr.clone();
+    Cluster::eventually("survivor reports not ready", || {
+        let r = http_get(&addr, "/readyz");
+        async move { r.filter(|(s, _)| *s == 503).map(|_| ()) }
+    })
+    .await;
+    assert_eq!(http_get(&addr, "/healthz").unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    register_service(&client, "kept").await.unwrap();
+    let status = cluster.terminate(0);
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    let log = std::fs::read_to_string(&cluster.nodes[0].log_file).unwrap();
+    assert!(log.contains("stopped"), "no clean stop in the log");
+
+    cluster.spawn(0);
+    let restarted = cluster.client_for(0);
+    let found = get_service(
+        &restarted,
+        "kept",
+        bowline::proto::v1::Consistency::Linearizable,
+    )
+    .await
+    .unwrap();
+    assert!(found.is_some());
+}
+
+#[test]
+fn json_log_format_emits_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = format!("127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new(bowline_bin())
+        .args(["--log-format", "json", "serve", "--id", "1"])
+        .arg(format!("--data-dir={}", dir.path().join("n1").display()))
+        .arg(format!("--peer-addr={peer}"))
+        .arg(format!("--client-addr=127.0.0.1:{}", free_port()))
+        .arg(format!("--admin-addr=127.0.0.1:{}", free_port()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read until the start-up line appears (bounded by the process's own output).
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref().take(50) {
+        let line = line.unwrap();
+        let value: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let started = value["message"] == "node started";
+        seen.push(value);
+        if started {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.iter()
+            .any(|v| v["message"] == "node started" && v["level"] == "INFO"),
+        "{seen:?}"
+    );
+}

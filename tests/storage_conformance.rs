@@ -1,0 +1,29 @@
+//! openraft's storage conformance suite over the sled log store and state machine.
+
+use bowline::raft::log_store::SledLogStore;
+use bowline::raft::state_machine::SledStateMachine;
+use bowline::raft::{StorageError, TypeConfig};
+use openraft::testing::{StoreBuilder, Suite};
+
+/// Builds a fresh sled database in a temp dir per suite case; the dir is the guard.
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, SledLogStore, SledStateMachine, tempfile::TempDir> for SledBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, SledLogStore, SledStateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::Config::new()
+            .path(dir.path())
+            .open()
+            .expect("open sled");
+        let log = SledLogStore::open(&db).expect("log store");
+        let sm = SledStateMachine::open(&db)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn sled_stores_pass_the_openraft_storage_suite() {
+    Suite::test_all(SledBuilder).expect("storage suite");
+}
