@@ -20,6 +20,7 @@ use crate::proto::peer::NodeInfoResponse;
 use crate::proto::v1::cluster_server::ClusterServer;
 use crate::proto::v1::config_server::ConfigServer;
 use crate::proto::v1::registry_server::RegistryServer;
+use crate::proto::watch_wire::watch_server::WatchServer;
 use crate::raft::consensus::Consensus;
 use crate::raft::log_store::SledLogStore;
 use crate::raft::network::{PeerClients, PeerNetworkFactory, MAX_PEER_MESSAGE_BYTES};
@@ -89,6 +90,10 @@ pub struct NodeConfig {
     pub raft: RaftTuning,
     /// How long a client request may wait for a leader and an answer.
     pub request_timeout: Duration,
+    /// Watch history and queue limits.
+    pub watch: crate::watch::HubConfig,
+    /// How often an idle watch gets a progress notice, unless it asks otherwise.
+    pub watch_progress: Duration,
 }
 
 /// A running node's handles, for in-process tests and the admin server.
@@ -191,9 +196,10 @@ pub async fn run_node(
         .path(config.data_dir.join("db"))
         .open()
         .with_context(|| format!("open sled database in {}", config.data_dir.display()))?;
+    let metrics = Metrics::new(config.id);
     let log_store = SledLogStore::open(&db).context("open raft log")?;
-    let state_machine =
-        SledStateMachine::open(&db).map_err(|e| anyhow::anyhow!("open state machine: {e}"))?;
+    let state_machine = SledStateMachine::open_with(&db, config.watch.clone(), metrics.clone())
+        .map_err(|e| anyhow::anyhow!("open state machine: {e}"))?;
     let applied = state_machine.applied_state();
     let peers = PeerClients::default();
 
@@ -248,7 +254,6 @@ pub async fn run_node(
         }
     }
 
-    let metrics = Metrics::new(config.id);
     let consensus = Consensus {
         id: config.id,
         raft: raft.clone(),
@@ -314,6 +319,13 @@ pub async fn run_node(
             ClusterServer::new(api::cluster::ClusterService { ctx: ctx.clone() })
                 .max_decoding_message_size(api::MAX_REQUEST_BYTES),
         )
+        .add_service(
+            WatchServer::new(api::watch::WatchService {
+                ctx: ctx.clone(),
+                default_progress: config.watch_progress,
+            })
+            .max_decoding_message_size(api::MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(client_listener),
             stopped(stop_rx.clone()),
@@ -343,6 +355,9 @@ pub async fn run_node(
     shutdown.await;
     tracing::info!("shutting down: draining requests");
     let _ = stop_tx.send(true);
+    // Watch streams never end on their own: end them (clients resume elsewhere) so the
+    // client server can drain.
+    applied.hub().shutdown();
     // Client requests drain first; the peer port stays up meanwhile so in-flight writes can
     // still commit.
     let drain = Duration::from_secs(5);

@@ -29,3 +29,4 @@ pub mod proto;
 pub mod raft;
 pub mod store;
 pub mod telemetry;
+pub mod watch;

@@ -11,3 +11,8 @@ pub mod v1 {
 pub mod peer {
     tonic::include_proto!("bowline.peer.v1");
 }
+
+/// The `Watch` server with pre-encoded responses (see `build.rs`).
+pub mod watch_wire {
+    include!(concat!(env!("OUT_DIR"), "/watch_wire/bowline.v1.rs"));
+}

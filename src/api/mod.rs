@@ -6,6 +6,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod registry;
+pub mod watch;
 
 use std::future::Future;
 use std::time::Instant;

@@ -6,6 +6,7 @@ mod endpoint;
 mod output;
 mod resources;
 mod serve;
+mod watch;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -93,6 +94,8 @@ pub enum Command {
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Follow changes, one line per event (JSON lines with -o json); resumes across node failures.
+    Watch(watch::WatchArgs),
 }
 
 /// What a command needs to talk to the cluster.
@@ -138,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(ref args) => resources::delete(&client(&cli)?, args).await,
         Command::Endpoint(ref cmd) => endpoint::run(&client(&cli)?, cmd).await,
         Command::Cluster(ref cmd) => cluster::run(&client(&cli)?, cmd).await,
+        Command::Watch(ref args) => watch::run(&client(&cli)?, args).await,
     }
 }
 

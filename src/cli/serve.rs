@@ -56,6 +56,21 @@ pub struct ServeArgs {
     /// How long a client request may wait for a leader, in milliseconds. [default: 5000]
     #[arg(long, env = "BOWLINE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// Watch history kept in memory, in events. [default: 100000]
+    #[arg(long, env = "BOWLINE_WATCH_HISTORY_EVENTS")]
+    pub watch_history_events: Option<usize>,
+    /// Watch history kept in memory, in MiB. [default: 64]
+    #[arg(long, env = "BOWLINE_WATCH_HISTORY_MIB")]
+    pub watch_history_mib: Option<usize>,
+    /// Revisions queued for one watcher before it is cancelled as too slow. [default: 1024]
+    #[arg(long, env = "BOWLINE_WATCH_QUEUE")]
+    pub watch_queue: Option<usize>,
+    /// Most watch streams on this node. [default: 50000]
+    #[arg(long, env = "BOWLINE_MAX_WATCHERS")]
+    pub max_watchers: Option<usize>,
+    /// Progress notice interval for idle watches, in milliseconds. [default: 5000]
+    #[arg(long, env = "BOWLINE_WATCH_PROGRESS_MS")]
+    pub watch_progress_ms: Option<u64>,
 }
 
 /// The config file: the same settings as the flags.
@@ -75,6 +90,11 @@ struct ServeFile {
     snapshot_every: Option<u64>,
     logs_to_keep: Option<u64>,
     request_timeout_ms: Option<u64>,
+    watch_history_events: Option<usize>,
+    watch_history_mib: Option<usize>,
+    watch_queue: Option<usize>,
+    max_watchers: Option<usize>,
+    watch_progress_ms: Option<u64>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -192,7 +212,36 @@ impl ServeArgs {
                 .unwrap_or(5000)
                 .max(100),
         );
+        let hub_defaults = crate::watch::HubConfig::default();
+        let watch = crate::watch::HubConfig {
+            history_events: self
+                .watch_history_events
+                .or(file.watch_history_events)
+                .unwrap_or(hub_defaults.history_events)
+                .max(1),
+            history_bytes: self
+                .watch_history_mib
+                .or(file.watch_history_mib)
+                .map_or(hub_defaults.history_bytes, |mib| mib.max(1) << 20),
+            watcher_queue: self
+                .watch_queue
+                .or(file.watch_queue)
+                .unwrap_or(hub_defaults.watcher_queue)
+                .max(1),
+            max_watchers: self
+                .max_watchers
+                .or(file.max_watchers)
+                .unwrap_or(hub_defaults.max_watchers),
+        };
+        let watch_progress = Duration::from_millis(
+            self.watch_progress_ms
+                .or(file.watch_progress_ms)
+                .unwrap_or(5000)
+                .max(100),
+        );
         Ok(NodeConfig {
+            watch,
+            watch_progress,
             id,
             data_dir,
             peer_addr,

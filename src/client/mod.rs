@@ -2,6 +2,8 @@
 //! in turn, moving on when one is unreachable or has no leader, and sticks to the last one
 //! that answered. Used by the CLI, the tests and the benchmarks.
 
+pub mod watch;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -17,6 +17,8 @@ use super::codec;
 use super::{Entry, LogId, NodeAddr, NodeId, StorageError, StoredMembership, TypeConfig};
 use crate::command::{Applied, CommandResult, VersionedCommand};
 use crate::store::{apply_command, RegistryState, StateKey};
+use crate::telemetry::Metrics;
+use crate::watch::{HubConfig, WatchHub};
 
 const KEY_LAST_APPLIED: &[u8] = b"m/last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"m/membership";
@@ -44,6 +46,8 @@ pub struct AppliedState {
     inner: Arc<RwLock<AppliedData>>,
     /// Publishes the applied index after every apply, for waiters (follower reads).
     applied_index: watch::Sender<u64>,
+    /// Change events for watchers, published under the state write lock.
+    hub: Arc<WatchHub>,
 }
 
 impl AppliedState {
@@ -61,6 +65,11 @@ impl AppliedState {
     /// A receiver that sees every new applied index.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied_index.subscribe()
+    }
+
+    /// The watch hub fed by this state.
+    pub fn hub(&self) -> &Arc<WatchHub> {
+        &self.hub
     }
 
     /// Waits until this node has applied at least `index`.
@@ -126,8 +135,18 @@ fn decode_object(
 }
 
 impl SledStateMachine {
-    /// Opens the state trees and loads the applied state into memory.
+    /// Opens the state trees with default watch limits (for tests and tools).
     pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+        Self::open_with(db, HubConfig::default(), Metrics::new(0))
+    }
+
+    /// Opens the state trees and loads the applied state into memory; the watch hub starts
+    /// at the loaded revision, with no history before it.
+    pub fn open_with(
+        db: &sled::Db,
+        hub_config: HubConfig,
+        metrics: Metrics,
+    ) -> Result<Self, StorageError> {
         let read = |e: sled::Error| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e);
         let tree = db.open_tree("state").map_err(read)?;
         let snapshots = db.open_tree("snapshot").map_err(read)?;
@@ -147,6 +166,7 @@ impl SledStateMachine {
         }
         let index = applied.last_applied.map_or(0, |l| l.index);
         let (applied_index, _) = watch::channel(index);
+        let hub = Arc::new(WatchHub::new(hub_config, applied.state.revision, metrics));
         Ok(Self {
             db: db.clone(),
             tree,
@@ -154,6 +174,7 @@ impl SledStateMachine {
             applied: AppliedState {
                 inner: Arc::new(RwLock::new(applied)),
                 applied_index,
+                hub,
             },
             snapshot_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
@@ -281,6 +302,15 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
                         let VersionedCommand::V1(command) = &proposal.command;
                         let (result, changes) =
                             apply_command(&mut applied.state, entry.log_id.index, command);
+                        if !changes.is_empty() {
+                            // Still under the write lock: see the lock order in `watch::hub`.
+                            let events = crate::watch::events::published_events(
+                                &applied.state,
+                                entry.log_id.index,
+                                &changes,
+                            );
+                            self.applied.hub.publish(entry.log_id.index, events);
+                        }
                         for change in changes {
                             match Self::encode_value(&applied.state, &change.key)
                                 .map_err(|e| write(e.to_string()))?

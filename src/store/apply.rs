@@ -3,7 +3,7 @@
 //! Inputs are the log index and the command (with the proposer's time inside it); there is no
 //! clock, randomness or I/O here, so every replica computes the same result and changes.
 
-use super::{RegistryState, StateKey, Stored, StoredConfig};
+use super::{RegistryState, StateKey, Stored, StoredConfig, StoredObject};
 use crate::command::{Applied, ApplyError, Command, CommandResult};
 
 /// One object changed by a command; the storage layer persists its new value (or its
@@ -12,6 +12,9 @@ use crate::command::{Applied, ApplyError, Command, CommandResult};
 pub struct Change {
     /// Which object.
     pub key: StateKey,
+    /// The object as it was, when the change removed it (its value after a put is in the
+    /// state).
+    pub removed: Option<StoredObject>,
 }
 
 /// Checks a compare-and-set guard against an object's current `mod_revision`
@@ -87,6 +90,7 @@ fn apply_inner(
                 },
                 vec![Change {
                     key: StateKey::Service(key.0, key.1),
+                    removed: None,
                 }],
             ))
         }
@@ -110,16 +114,20 @@ fn apply_inner(
                 Some(existing.mod_revision),
             )?;
             let removed = state.services.remove(&key).expect("checked above");
-            let mut changes = vec![Change {
-                key: StateKey::Service(namespace.clone(), name.clone()),
-            }];
             let endpoint_keys = state.endpoints_of(namespace, name);
+            let mut changes = Vec::with_capacity(endpoint_keys.len() + 1);
+            // Endpoints go first, so a watcher never sees an endpoint outlive its service.
             for ek in &endpoint_keys {
-                state.endpoints.remove(ek);
+                let endpoint = state.endpoints.remove(ek).expect("listed above");
                 changes.push(Change {
                     key: StateKey::Endpoint(ek.0.clone(), ek.1.clone(), ek.2.clone()),
+                    removed: Some(StoredObject::Endpoint(endpoint)),
                 });
             }
+            changes.push(Change {
+                key: StateKey::Service(namespace.clone(), name.clone()),
+                removed: Some(StoredObject::Service(removed.clone())),
+            });
             Ok((
                 Applied::Service {
                     service: removed,
@@ -163,6 +171,7 @@ fn apply_inner(
                 Applied::Endpoint(stored),
                 vec![Change {
                     key: StateKey::Endpoint(key.0, key.1, key.2),
+                    removed: None,
                 }],
             ))
         }
@@ -188,9 +197,10 @@ fn apply_inner(
             )?;
             let removed = state.endpoints.remove(&key).expect("checked above");
             Ok((
-                Applied::Endpoint(removed),
+                Applied::Endpoint(removed.clone()),
                 vec![Change {
                     key: StateKey::Endpoint(key.0, key.1, key.2),
+                    removed: Some(StoredObject::Endpoint(removed)),
                 }],
             ))
         }
@@ -223,6 +233,7 @@ fn apply_inner(
                 Applied::Config(stored),
                 vec![Change {
                     key: StateKey::Config(kind, namespace.clone(), name.clone()),
+                    removed: None,
                 }],
             ))
         }
@@ -248,9 +259,10 @@ fn apply_inner(
             )?;
             let removed = state.configs.remove(&key).expect("checked above");
             Ok((
-                Applied::Config(removed),
+                Applied::Config(removed.clone()),
                 vec![Change {
                     key: StateKey::Config(*kind, namespace.clone(), name.clone()),
+                    removed: Some(StoredObject::Config(removed)),
                 }],
             ))
         }

@@ -6,7 +6,7 @@ mod apply;
 mod state;
 
 pub use apply::{apply_command, check_revision, Change};
-pub use state::{EndpointKey, RegistryState, StateKey};
+pub use state::{labels_match, EndpointKey, RegistryState, StateKey};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,17 @@ pub struct Stored<T> {
     pub create_revision: u64,
     /// Log index of the entry that last changed it.
     pub mod_revision: u64,
+}
+
+/// Any stored object, for change events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredObject {
+    /// A service.
+    Service(Stored<crate::model::Service>),
+    /// An endpoint.
+    Endpoint(Stored<crate::model::Endpoint>),
+    /// A config object.
+    Config(StoredConfig),
 }
 
 /// A typed config object with its key.

@@ -37,6 +37,20 @@ pub struct Metrics {
     pub raft_elections_won: IntCounter,
     /// Objects in the applied state.
     pub store_objects: IntGauge,
+    /// Watch streams open on this node.
+    pub watch_active: IntGauge,
+    /// Events sent to watchers.
+    pub watch_events_sent: IntCounter,
+    /// Progress notices sent to idle watchers.
+    pub watch_progress_notices: IntCounter,
+    /// Watchers cancelled, by reason.
+    pub watch_cancellations: IntCounterVec,
+    /// Events in the watch history.
+    pub watch_history_events: IntGauge,
+    /// Bytes in the watch history.
+    pub watch_history_bytes: IntGauge,
+    /// Oldest revision a watch can start from.
+    pub watch_history_oldest: IntGauge,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -92,7 +106,45 @@ impl Metrics {
         registry
             .register(Box::new(api_latency.clone()))
             .expect("unique metric");
+        let watch_cancellations = IntCounterVec::new(
+            Opts::new(
+                "watch_cancellations_total",
+                "Watchers cancelled by the node, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(watch_cancellations.clone()))
+            .expect("unique metric");
         Self {
+            watch_active: gauge(&registry, "watch_active", "Watch streams open on this node"),
+            watch_events_sent: counter(
+                &registry,
+                "watch_events_sent_total",
+                "Events sent to watchers",
+            ),
+            watch_progress_notices: counter(
+                &registry,
+                "watch_progress_notices_total",
+                "Progress notices sent",
+            ),
+            watch_cancellations,
+            watch_history_events: gauge(
+                &registry,
+                "watch_history_events",
+                "Events in the watch history",
+            ),
+            watch_history_bytes: gauge(
+                &registry,
+                "watch_history_bytes",
+                "Bytes in the watch history",
+            ),
+            watch_history_oldest: gauge(
+                &registry,
+                "watch_history_oldest_revision",
+                "Oldest revision a watch can start from",
+            ),
             api_requests,
             api_latency,
             raft_term: gauge(&registry, "raft_term", "Current Raft term"),

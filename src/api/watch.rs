@@ -1,0 +1,157 @@
+//! `bowline.v1.Watch`: validates the request, registers the watcher with the node's hub
+//! (listing the current state first when no start revision is given) and returns the stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::ApiContext;
+use crate::model::validation::{validate_labels, validate_name};
+use crate::model::ValidationError;
+use crate::proto::v1::WatchRequest;
+use crate::proto::watch_wire::watch_server::Watch;
+use crate::watch::events::{kind_from_proto, listing};
+use crate::watch::hub::SubscribeError;
+use crate::watch::stream::{status_with_revision, watch_stream, HeaderFn, OLDEST_REVISION_KEY};
+use crate::watch::wire::{encode_event_chunk, EncodedWatchResponse};
+use crate::watch::WatchFilter;
+
+/// Events per response in the initial listing.
+const LISTING_CHUNK: usize = 500;
+
+/// The watch service.
+pub struct WatchService {
+    /// Shared API plumbing.
+    pub ctx: ApiContext,
+    /// Progress interval when the request does not set one.
+    pub default_progress: Duration,
+}
+
+fn filter_from(request: &WatchRequest) -> Result<WatchFilter, ValidationError> {
+    let mut filter = WatchFilter::default();
+    for kind in &request.kinds {
+        filter.kinds.insert(kind_from_proto(*kind)?);
+    }
+    if !request.namespace.is_empty() {
+        validate_name("namespace", &request.namespace)?;
+    }
+    if !request.service.is_empty() {
+        validate_name("service", &request.service)?;
+    }
+    if request.name_prefix.len() > 253 {
+        return Err(ValidationError::new(
+            "name_prefix",
+            "must be at most 253 characters",
+        ));
+    }
+    let labels = request
+        .label_selector
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    validate_labels("label_selector", &labels)?;
+    filter.namespace = request.namespace.clone();
+    filter.service = request.service.clone();
+    filter.name_prefix = request.name_prefix.clone();
+    filter.labels = labels;
+    Ok(filter)
+}
+
+fn subscribe_error(e: SubscribeError) -> Status {
+    match e {
+        SubscribeError::Compacted { oldest, .. } => status_with_revision(
+            tonic::Code::OutOfRange,
+            e.to_string(),
+            OLDEST_REVISION_KEY,
+            oldest,
+        ),
+        SubscribeError::TooManyWatchers(_) => Status::resource_exhausted(e.to_string()),
+    }
+}
+
+type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<EncodedWatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchResponseStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        let outcome = self.start(request);
+        let code = match &outcome {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.ctx
+            .metrics
+            .api_requests
+            .with_label_values(&["Watch", &format!("{code:?}")])
+            .inc();
+        outcome.map(Response::new)
+    }
+}
+
+impl WatchService {
+    fn start(&self, request: WatchRequest) -> Result<WatchResponseStream, Status> {
+        let filter = filter_from(&request).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let progress = match request.progress_interval_ms {
+            0 => self.default_progress,
+            ms => Duration::from_millis(u64::from(ms).clamp(100, 3_600_000)),
+        };
+        let hub = self.ctx.applied.hub().clone();
+        let (subscription, initial, position) = match request.start_revision {
+            Some(0) => {
+                return Err(Status::invalid_argument(
+                    "start_revision: must be at least 1 (omit it to list and watch)",
+                ))
+            }
+            Some(start) => {
+                let sub = hub
+                    .subscribe(filter, Some(start))
+                    .map_err(subscribe_error)?;
+                (sub, Vec::new(), start - 1)
+            }
+            None => {
+                // The listing and the registration happen under the state read lock, so the
+                // listing is exactly the state at the revision live events continue from.
+                let (sub, events, revision) = self.ctx.applied.read(|state, revision| {
+                    let sub = hub.subscribe(filter.clone(), None);
+                    (sub, listing(state, &filter), revision)
+                });
+                let sub = sub.map_err(subscribe_error)?;
+                let mut initial: Vec<EncodedWatchResponse> = events
+                    .chunks(LISTING_CHUNK)
+                    .map(|chunk| EncodedWatchResponse {
+                        header: self.ctx.header(revision),
+                        events: chunk.iter().map(encode_event_chunk).collect(),
+                        initial: true,
+                        ..EncodedWatchResponse::default()
+                    })
+                    .collect();
+                initial.push(EncodedWatchResponse {
+                    header: self.ctx.header(revision),
+                    synced: true,
+                    ..EncodedWatchResponse::default()
+                });
+                (sub, initial, revision)
+            }
+        };
+        let ctx = self.ctx.clone();
+        let header: HeaderFn = Arc::new(move |revision| ctx.header(revision));
+        Ok(Box::pin(watch_stream(
+            hub,
+            subscription,
+            initial,
+            position,
+            progress,
+            header,
+            self.ctx.metrics.clone(),
+        )))
+    }
+}

@@ -1,0 +1,132 @@
+//! Turning applied changes and state listings into watch events.
+
+use super::filter::{ObjectMeta, WatchFilter, WatchKind};
+use super::hub::PublishedEvent;
+use super::wire::encode_event_chunk;
+use crate::api::convert::{config_to_proto, endpoint_to_proto, service_to_proto};
+use crate::model::{ConfigKind, ValidationError};
+use crate::proto::v1 as pb;
+use crate::store::{Change, RegistryState, StateKey, StoredObject};
+
+/// The proto kind of a watch kind.
+pub fn kind_to_proto(kind: WatchKind) -> pb::ObjectKind {
+    match kind {
+        WatchKind::Service => pb::ObjectKind::Service,
+        WatchKind::Endpoint => pb::ObjectKind::Endpoint,
+        WatchKind::Config(ConfigKind::TrafficPolicy) => pb::ObjectKind::TrafficPolicyObject,
+        WatchKind::Config(ConfigKind::DestinationPolicy) => pb::ObjectKind::DestinationPolicyObject,
+        WatchKind::Config(ConfigKind::HealthCheck) => pb::ObjectKind::HealthCheckObject,
+    }
+}
+
+/// The watch kind of a proto kind.
+pub fn kind_from_proto(kind: i32) -> Result<WatchKind, ValidationError> {
+    match pb::ObjectKind::try_from(kind) {
+        Ok(pb::ObjectKind::Service) => Ok(WatchKind::Service),
+        Ok(pb::ObjectKind::Endpoint) => Ok(WatchKind::Endpoint),
+        Ok(pb::ObjectKind::TrafficPolicyObject) => Ok(WatchKind::Config(ConfigKind::TrafficPolicy)),
+        Ok(pb::ObjectKind::DestinationPolicyObject) => Ok(WatchKind::Config(ConfigKind::DestinationPolicy)),
+        Ok(pb::ObjectKind::HealthCheckObject) => Ok(WatchKind::Config(ConfigKind::HealthCheck)),
+        _ => Err(ValidationError::new(
+            "kinds",
+            "each must be one of SERVICE, ENDPOINT, TRAFFIC_POLICY_OBJECT, DESTINATION_POLICY_OBJECT, HEALTH_CHECK_OBJECT",
+        )),
+    }
+}
+
+/// An event for `object`.
+pub fn event(object: &StoredObject, kind: pb::EventType, revision: u64) -> pb::Event {
+    let (object_kind, object) = match object {
+        StoredObject::Service(s) => (
+            pb::ObjectKind::Service,
+            pb::event::Object::Service(service_to_proto(s)),
+        ),
+        StoredObject::Endpoint(e) => (
+            pb::ObjectKind::Endpoint,
+            pb::event::Object::Endpoint(endpoint_to_proto(e)),
+        ),
+        StoredObject::Config(c) => (
+            kind_to_proto(WatchKind::Config(c.stored.value.kind())),
+            pb::event::Object::Config(config_to_proto(c)),
+        ),
+    };
+    pb::Event {
+        r#type: kind as i32,
+        kind: object_kind as i32,
+        revision,
+        object: Some(object),
+    }
+}
+
+fn current(state: &RegistryState, key: &StateKey) -> Option<StoredObject> {
+    match key {
+        StateKey::Service(ns, name) => state.service(ns, name).cloned().map(StoredObject::Service),
+        StateKey::Endpoint(ns, svc, id) => state
+            .endpoint(ns, svc, id)
+            .cloned()
+            .map(StoredObject::Endpoint),
+        StateKey::Config(kind, ns, name) => state
+            .config(*kind, ns, name)
+            .cloned()
+            .map(StoredObject::Config),
+    }
+}
+
+/// Encodes the changes one entry made (state already updated) as published events.
+pub fn published_events(
+    state: &RegistryState,
+    revision: u64,
+    changes: &[Change],
+) -> Vec<PublishedEvent> {
+    changes
+        .iter()
+        .filter_map(|change| {
+            let (object, kind) = match &change.removed {
+                Some(removed) => (removed.clone(), pb::EventType::Delete),
+                None => (current(state, &change.key)?, pb::EventType::Put),
+            };
+            Some(PublishedEvent {
+                meta: ObjectMeta::of(&object),
+                chunk: encode_event_chunk(&event(&object, kind, revision)),
+            })
+        })
+        .collect()
+}
+
+/// Every object `filter` selects, as PUT events stamped with their mod revision.
+pub fn listing(state: &RegistryState, filter: &WatchFilter) -> Vec<pb::Event> {
+    let mut out = Vec::new();
+    let wants = |kind: WatchKind| filter.kinds.is_empty() || filter.kinds.contains(&kind);
+    if wants(WatchKind::Service) {
+        for s in state.services.values() {
+            if filter.matches(&ObjectMeta::of_service(s)) {
+                out.push(event(
+                    &StoredObject::Service(s.clone()),
+                    pb::EventType::Put,
+                    s.mod_revision,
+                ));
+            }
+        }
+    }
+    if wants(WatchKind::Endpoint) {
+        for e in state.endpoints.values() {
+            if filter.matches(&ObjectMeta::of_endpoint(e)) {
+                out.push(event(
+                    &StoredObject::Endpoint(e.clone()),
+                    pb::EventType::Put,
+                    e.mod_revision,
+                ));
+            }
+        }
+    }
+    for c in state.configs.values() {
+        if filter.matches(&ObjectMeta::of_config(c)) {
+            out.push(event(
+                &StoredObject::Config(c.clone()),
+                pb::EventType::Put,
+                c.stored.mod_revision,
+            ));
+        }
+    }
+    out
+}

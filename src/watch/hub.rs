@@ -1,0 +1,446 @@
+//! `WatchHub`: the node's bounded history of recent change events and its live watchers.
+//!
+//! The state machine publishes each applied batch of changes while it still holds the state
+//! write lock, so a reader that holds the state read lock sees the hub at exactly the state's
+//! revision. Lock order: state lock, then `WatchHub::inner`, then a watcher's `queue`.
+//! Publishing never waits: a watcher whose queue is full is cancelled, and its queue freed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::filter::{ObjectMeta, WatchFilter};
+use crate::telemetry::Metrics;
+
+/// Hub limits.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Most events kept in the history.
+    pub history_events: usize,
+    /// Most encoded bytes kept in the history.
+    pub history_bytes: usize,
+    /// Most revisions queued for one watcher before it is cancelled as too slow.
+    pub watcher_queue: usize,
+    /// Most concurrent watchers.
+    pub max_watchers: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            history_events: 100_000,
+            history_bytes: 64 << 20,
+            watcher_queue: 1_024,
+            max_watchers: 50_000,
+        }
+    }
+}
+
+/// One change event, encoded once.
+#[derive(Debug)]
+pub struct PublishedEvent {
+    /// What the filters look at.
+    pub meta: ObjectMeta,
+    /// The `WatchResponse.events` entry, shared by every receiver.
+    pub chunk: Bytes,
+}
+
+/// All events of one revision (one Raft entry), delivered together.
+#[derive(Debug)]
+pub struct RevisionBatch {
+    /// The revision.
+    pub revision: u64,
+    /// Its events, in the order the command made them.
+    pub events: Vec<PublishedEvent>,
+}
+
+impl RevisionBatch {
+    fn bytes(&self) -> usize {
+        self.events.iter().map(|e| e.chunk.len() + 64).sum()
+    }
+
+    /// Whether any event of this revision passes `filter`.
+    pub fn any_match(&self, filter: &WatchFilter) -> bool {
+        self.events.iter().any(|e| filter.matches(&e.meta))
+    }
+}
+
+/// Why a watcher was cancelled by the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// Its queue filled up.
+    SlowConsumer,
+    /// A snapshot install replaced the state; the history no longer connects.
+    HistoryReset,
+    /// The node is shutting down.
+    Shutdown,
+}
+
+impl CancelReason {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::SlowConsumer => "slow_consumer",
+            CancelReason::HistoryReset => "history_reset",
+            CancelReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// State shared between the hub and one watch stream.
+#[derive(Debug)]
+pub struct WatcherShared {
+    /// What the watcher selects.
+    pub filter: WatchFilter,
+    /// Revisions waiting to be sent; bounded by `HubConfig::watcher_queue`.
+    pub queue: Mutex<VecDeque<Arc<RevisionBatch>>>,
+    /// Set once, when the hub gives up on the watcher.
+    pub cancelled: Mutex<Option<CancelReason>>,
+    /// Wakes the stream when the queue or `cancelled` changes.
+    pub notify: Notify,
+}
+
+/// Why a watch could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The start revision is older than the history.
+    #[error("revision {requested} has been compacted; the oldest revision this node can replay is {oldest}")]
+    Compacted {
+        /// What was asked for.
+        requested: u64,
+        /// The oldest start revision that would work.
+        oldest: u64,
+    },
+    /// Too many watchers on this node.
+    #[error("this node already serves {0} watchers")]
+    TooManyWatchers(usize),
+}
+
+/// A registered watcher: its shared state and the history to replay before live events.
+pub struct Subscription {
+    /// Registration id (for unsubscribe).
+    pub id: u64,
+    /// Shared with the hub.
+    pub shared: Arc<WatcherShared>,
+    /// History batches at or after the start revision, to send before the queue.
+    pub replay: VecDeque<Arc<RevisionBatch>>,
+    /// The hub's revision when the watcher was registered.
+    pub revision: u64,
+}
+
+#[derive(Default)]
+struct HubInner {
+    /// Revision of the last published batch (the store revision).
+    revision: u64,
+    /// Events at or below this revision may be missing from the history.
+    compacted: u64,
+    /// Recent batches, oldest first.
+    history: VecDeque<Arc<RevisionBatch>>,
+    /// Events in `history`.
+    history_events: usize,
+    /// Bytes in `history`.
+    history_bytes: usize,
+    /// Live watchers by id.
+    watchers: HashMap<u64, Arc<WatcherShared>>,
+    /// Next watcher id.
+    next_id: u64,
+}
+
+/// The hub. Shared as `Arc<WatchHub>`.
+pub struct WatchHub {
+    /// Limits.
+    config: HubConfig,
+    /// History and watchers; see the module doc for lock order.
+    inner: Mutex<HubInner>,
+    /// Watch metrics.
+    metrics: Metrics,
+}
+
+impl WatchHub {
+    /// A hub whose state starts at `revision`, with no history before it (history does not
+    /// survive a restart).
+    pub fn new(config: HubConfig, revision: u64, metrics: Metrics) -> Self {
+        metrics.watch_history_oldest.set((revision + 1) as i64);
+        Self {
+            config,
+            inner: Mutex::new(HubInner {
+                revision,
+                compacted: revision,
+                ..HubInner::default()
+            }),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The revision the hub has published up to.
+    pub fn revision(&self) -> u64 {
+        self.lock().revision
+    }
+
+    /// Publishes the events of one revision. Never blocks on a watcher.
+    pub fn publish(&self, revision: u64, events: Vec<PublishedEvent>) {
+        let batch = Arc::new(RevisionBatch { revision, events });
+        let mut inner = self.lock();
+        inner.revision = revision;
+        let mut cancelled = Vec::new();
+        for (id, watcher) in &inner.watchers {
+            if !batch.any_match(&watcher.filter) {
+                continue;
+            }
+            let mut queue = watcher.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if queue.len() >= self.config.watcher_queue {
+                // Free the backlog now rather than when the client finally disconnects.
+                queue.clear();
+                drop(queue);
+                *watcher.cancelled.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(CancelReason::SlowConsumer);
+                cancelled.push(*id);
+            } else {
+                queue.push_back(batch.clone());
+                drop(queue);
+            }
+            watcher.notify.notify_one();
+        }
+        for id in cancelled {
+            inner.watchers.remove(&id);
+            self.metrics
+                .watch_cancellations
+                .with_label_values(&[CancelReason::SlowConsumer.as_str()])
+                .inc();
+        }
+        inner.history_events += batch.events.len();
+        inner.history_bytes += batch.bytes();
+        inner.history.push_back(batch);
+        while inner.history_events > self.config.history_events
+            || inner.history_bytes > self.config.history_bytes
+        {
+            let Some(oldest) = inner.history.pop_front() else {
+                break;
+            };
+            inner.history_events -= oldest.events.len();
+            inner.history_bytes -= oldest.bytes();
+            inner.compacted = oldest.revision;
+        }
+        self.record(&inner);
+    }
+
+    fn record(&self, inner: &HubInner) {
+        self.metrics.watch_active.set(inner.watchers.len() as i64);
+        self.metrics
+            .watch_history_events
+            .set(inner.history_events as i64);
+        self.metrics
+            .watch_history_bytes
+            .set(inner.history_bytes as i64);
+        self.metrics
+            .watch_history_oldest
+            .set((inner.compacted + 1) as i64);
+    }
+
+    /// Registers a watcher for events with revision >= `start` (or, with `None`, after the
+    /// current revision: the caller lists the state at [`Subscription::revision`] first and
+    /// must hold the state read lock while calling this).
+    pub fn subscribe(
+        &self,
+        filter: WatchFilter,
+        start: Option<u64>,
+    ) -> Result<Subscription, SubscribeError> {
+        let mut inner = self.lock();
+        if inner.watchers.len() >= self.config.max_watchers {
+            return Err(SubscribeError::TooManyWatchers(inner.watchers.len()));
+        }
+        let replay = match start {
+            Some(start) if start <= inner.compacted => {
+                return Err(SubscribeError::Compacted {
+                    requested: start,
+                    oldest: inner.compacted + 1,
+                })
+            }
+            Some(start) => inner
+                .history
+                .iter()
+                .filter(|b| b.revision >= start)
+                .cloned()
+                .collect(),
+            None => VecDeque::new(),
+        };
+        let shared = Arc::new(WatcherShared {
+            filter,
+            queue: Mutex::new(VecDeque::new()),
+            cancelled: Mutex::new(None),
+            notify: Notify::new(),
+        });
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.watchers.insert(id, shared.clone());
+        self.record(&inner);
+        Ok(Subscription {
+            id,
+            shared,
+            replay,
+            revision: inner.revision,
+        })
+    }
+
+    /// Removes a watcher (its stream ended).
+    pub fn unsubscribe(&self, id: u64) {
+        let mut inner = self.lock();
+        inner.watchers.remove(&id);
+        self.record(&inner);
+    }
+
+    /// If the watcher has nothing queued, the revision it has implicitly reached.
+    pub fn idle_revision(&self, shared: &WatcherShared) -> Option<u64> {
+        let inner = self.lock();
+        let queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.is_empty().then_some(inner.revision)
+    }
+
+    fn cancel_all(&self, inner: &mut HubInner, reason: CancelReason) {
+        for (_, watcher) in inner.watchers.drain() {
+            watcher
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            *watcher.cancelled.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+            watcher.notify.notify_one();
+            self.metrics
+                .watch_cancellations
+                .with_label_values(&[reason.as_str()])
+                .inc();
+        }
+    }
+
+    /// The state was replaced by a snapshot at `revision`: drop the history and cancel every
+    /// watcher, since events between their position and `revision` cannot be produced.
+    pub fn reset(&self, revision: u64) {
+        let mut inner = self.lock();
+        inner.history.clear();
+        inner.history_events = 0;
+        inner.history_bytes = 0;
+        inner.revision = revision;
+        inner.compacted = revision;
+        self.cancel_all(&mut inner, CancelReason::HistoryReset);
+        self.record(&inner);
+    }
+
+    /// Ends every watch (node shutdown), so their streams close and the server can drain.
+    pub fn shutdown(&self) {
+        let mut inner = self.lock();
+        self.cancel_all(&mut inner, CancelReason::Shutdown);
+        self.record(&inner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::filter::WatchKind;
+
+    fn event(service: &str) -> PublishedEvent {
+        PublishedEvent {
+            meta: ObjectMeta {
+                kind: WatchKind::Service,
+                namespace: "default".into(),
+                service: service.into(),
+                name: service.into(),
+                labels: Default::default(),
+            },
+            chunk: Bytes::from_static(b"0123456789"),
+        }
+    }
+
+    fn hub(config: HubConfig) -> WatchHub {
+        WatchHub::new(config, 0, Metrics::new(1))
+    }
+
+    #[test]
+    fn replay_starts_at_the_requested_revision() {
+        let hub = hub(HubConfig::default());
+        for r in 1..=5 {
+            hub.publish(r, vec![event("web")]);
+        }
+        let sub = hub.subscribe(WatchFilter::default(), Some(3)).unwrap();
+        let revisions: Vec<u64> = sub.replay.iter().map(|b| b.revision).collect();
+        assert_eq!(revisions, vec![3, 4, 5]);
+        hub.publish(6, vec![event("web")]);
+        assert_eq!(sub.shared.queue.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_start_before_the_history_is_out_of_range_with_the_oldest_revision() {
+        let hub = hub(HubConfig {
+            history_events: 3,
+            ..HubConfig::default()
+        });
+        for r in 1..=10 {
+            hub.publish(r, vec![event("web")]);
+        }
+        assert_eq!(
+            hub.subscribe(WatchFilter::default(), Some(7)).err(),
+            Some(SubscribeError::Compacted {
+                requested: 7,
+                oldest: 8
+            })
+        );
+        assert!(hub.subscribe(WatchFilter::default(), Some(8)).is_ok());
+    }
+
+    #[test]
+    fn a_full_queue_cancels_only_that_watcher_and_frees_its_backlog() {
+        let hub = hub(HubConfig {
+            watcher_queue: 4,
+            ..HubConfig::default()
+        });
+        let slow = hub.subscribe(WatchFilter::default(), None).unwrap();
+        let fast = hub.subscribe(WatchFilter::default(), None).unwrap();
+        for r in 1..=5 {
+            hub.publish(r, vec![event("web")]);
+            fast.shared.queue.lock().unwrap().clear();
+        }
+        assert_eq!(
+            *slow.shared.cancelled.lock().unwrap(),
+            Some(CancelReason::SlowConsumer)
+        );
+        assert!(slow.shared.queue.lock().unwrap().is_empty());
+        assert_eq!(*fast.shared.cancelled.lock().unwrap(), None);
+        hub.publish(6, vec![event("web")]);
+        assert_eq!(fast.shared.queue.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn non_matching_events_are_not_queued() {
+        let hub = hub(HubConfig::default());
+        let filter = WatchFilter {
+            service: "db".into(),
+            ..WatchFilter::default()
+        };
+        let sub = hub.subscribe(filter, None).unwrap();
+        hub.publish(1, vec![event("web")]);
+        assert!(sub.shared.queue.lock().unwrap().is_empty());
+        assert_eq!(hub.idle_revision(&sub.shared), Some(1));
+    }
+
+    #[test]
+    fn reset_cancels_every_watcher_and_compacts_the_history() {
+        let hub = hub(HubConfig::default());
+        hub.publish(1, vec![event("web")]);
+        let sub = hub.subscribe(WatchFilter::default(), Some(1)).unwrap();
+        hub.reset(100);
+        assert_eq!(
+            *sub.shared.cancelled.lock().unwrap(),
+            Some(CancelReason::HistoryReset)
+        );
+        assert!(matches!(
+            hub.subscribe(WatchFilter::default(), Some(50)),
+            Err(SubscribeError::Compacted { oldest: 101, .. })
+        ));
+    }
+}
