@@ -14,6 +14,7 @@ async fn a_learner_catches_up_by_snapshot_is_promoted_and_a_member_is_removed() 
         Tuning {
             snapshot_every: 50,
             logs_to_keep: 0,
+            ..Tuning::default()
         },
     )
     .await;

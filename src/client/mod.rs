@@ -55,7 +55,10 @@ pub fn is_retryable(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
-    ) || (status.code() == Code::Unknown && status.message().contains("transport"))
+    ) || (status.code() == Code::Unknown
+        && ["transport", "h2 protocol", "connection", "broken pipe"]
+            .iter()
+            .any(|s| status.message().contains(s)))
 }
 
 impl Client {

@@ -295,9 +295,14 @@ impl WatchHub {
         self.record(&inner);
     }
 
-    /// If the watcher has nothing queued, the revision it has implicitly reached.
-    pub fn idle_revision(&self, shared: &WatcherShared) -> Option<u64> {
+    /// If the watcher is still registered and has nothing queued, the revision it has
+    /// implicitly reached. A cancelled watcher's queue was emptied by the cancellation, not
+    /// by delivery, so it has reached nothing.
+    pub fn idle_revision(&self, id: u64, shared: &WatcherShared) -> Option<u64> {
         let inner = self.lock();
+        if !inner.watchers.contains_key(&id) {
+            return None;
+        }
         let queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         queue.is_empty().then_some(inner.revision)
     }
@@ -425,7 +430,7 @@ mod tests {
         let sub = hub.subscribe(filter, None).unwrap();
         hub.publish(1, vec![event("web")]);
         assert!(sub.shared.queue.lock().unwrap().is_empty());
-        assert_eq!(hub.idle_revision(&sub.shared), Some(1));
+        assert_eq!(hub.idle_revision(sub.id, &sub.shared), Some(1));
     }
 
     #[test]

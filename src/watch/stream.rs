@@ -157,7 +157,7 @@ impl WatchState {
                 _ = self.sub.shared.notify.notified() => {}
                 _ = tokio::time::sleep_until(self.next_progress) => {
                     self.next_progress = Instant::now() + self.progress_interval;
-                    if let Some(revision) = self.hub.idle_revision(&self.sub.shared) {
+                    if let Some(revision) = self.hub.idle_revision(self.sub.id, &self.sub.shared) {
                         self.position = self.position.max(revision);
                         self.metrics.watch_progress_notices.inc();
                         return Some(Ok(EncodedWatchResponse {

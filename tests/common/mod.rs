@@ -40,6 +40,8 @@ pub struct NodeProc {
 pub struct Tuning {
     pub snapshot_every: u64,
     pub logs_to_keep: u64,
+    /// More `bowline serve` flags.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for Tuning {
@@ -47,6 +49,7 @@ impl Default for Tuning {
         Self {
             snapshot_every: 10_000,
             logs_to_keep: 1_000,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -135,6 +138,7 @@ impl Cluster {
             .arg(format!("--initial-cluster-state={}", node.cluster_state))
             .arg(format!("--snapshot-every={}", self.tuning.snapshot_every))
             .arg(format!("--logs-to-keep={}", self.tuning.logs_to_keep))
+            .args(&self.tuning.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
