@@ -15,12 +15,15 @@
 //! - [`app`]: wiring of one node and its shutdown.
 //! - [`client`]: a Rust client with endpoint failover, used by the CLI and the tests.
 //! - [`cli`]: the `bowline` command line.
+//! - [`bench`]: `bowline bench` suites.
+//! - [`watch`]: the watch hub, filters, pre-encoded events and watch streams.
 //! - [`telemetry`]: metrics registry and logging.
 //! - [`proto`]: generated gRPC code.
 
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod command;

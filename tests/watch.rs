@@ -431,3 +431,90 @@ async fn a_watch_on_a_restarted_node_waits_for_what_it_has_not_applied() {
         "the catching-up node skipped or repeated events"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_across_a_snapshot_install_ends_out_of_range_never_with_a_gap() {
+    let mut cluster = Cluster::start_with(
+        3,
+        Tuning {
+            snapshot_every: 20,
+            logs_to_keep: 0,
+            ..Tuning::default()
+        },
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.nodes.iter().position(|n| n.id != leader).unwrap();
+    let before = register_service(&cluster.client(), "before").await.unwrap();
+
+    // The follower misses enough writes that the leader purges them: it must take a snapshot.
+    cluster.kill(follower);
+    let writer = Client::new(
+        &cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != follower)
+            .map(|(_, n)| n.client_addr.clone())
+            .collect::<Vec<_>>(),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let mut last = 0;
+    for i in 0..100 {
+        last = register_service(&writer, &format!("missed-{i}"))
+            .await
+            .unwrap();
+    }
+    cluster.spawn(follower);
+
+    // A watch pinned to that node from the first missed revision: it may start before or
+    // after the snapshot lands, but it must end with OUT_OF_RANGE, not skip revisions.
+    let mut stream = cluster
+        .client_for(follower)
+        .watch(watch_all(Some(before + 1)));
+    let mut expected = before + 1;
+    let error = loop {
+        let item = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("watch item in time");
+        match item {
+            Some(Ok(WatchItem::Events(events))) => {
+                for e in events {
+                    assert_eq!(
+                        e.revision, expected,
+                        "the watch skipped revisions across a snapshot"
+                    );
+                    expected += 1;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(status)) => break status,
+            None => panic!("stream ended without an error"),
+        }
+        assert!(expected <= last + 1);
+    };
+    assert_eq!(error.code(), Code::OutOfRange, "{error:?}");
+
+    // After the install the node reports the real store revision, also after a restart.
+    cluster.kill(follower);
+    cluster.spawn(follower);
+    let revision = Cluster::eventually("restarted node reports the store revision", || {
+        let pinned = cluster.client_for(follower);
+        async move {
+            let r = pinned
+                .registry(|mut c| async move {
+                    c.list_services(pb::ListServicesRequest {
+                        consistency: pb::Consistency::Stale as i32,
+                        ..Default::default()
+                    })
+                    .await
+                })
+                .await
+                .ok()?;
+            Some(r.header.unwrap().revision)
+        }
+    })
+    .await;
+    assert_eq!(revision, last);
+}

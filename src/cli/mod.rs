@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 use crate::client::{Client, ClientOptions};
 use crate::telemetry::{init_logging, LogFormat};
+pub use dev::http_get;
 pub use output::OutputFormat;
 
 /// Default client endpoints: the nodes `bowline dev` starts.
@@ -96,6 +97,9 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Follow changes, one line per event (JSON lines with -o json); resumes across node failures.
     Watch(watch::WatchArgs),
+    /// Benchmarks (start a local cluster unless given --bench-endpoints).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
 }
 
 /// What a command needs to talk to the cluster.
@@ -142,6 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Endpoint(ref cmd) => endpoint::run(&client(&cli)?, cmd).await,
         Command::Cluster(ref cmd) => cluster::run(&client(&cli)?, cmd).await,
         Command::Watch(ref args) => watch::run(&client(&cli)?, args).await,
+        Command::Bench(ref cmd) => crate::bench::run(cmd).await,
     }
 }
 

@@ -400,6 +400,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
             KEY_MEMBERSHIP,
             codec::encode(&meta.last_membership).map_err(enc)?,
         );
+        batch.insert(KEY_REVISION, codec::encode(&state.revision).map_err(enc)?);
         self.tree
             .apply_batch(batch)
             .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
@@ -412,9 +413,12 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
                 .inner
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
+            let revision = state.revision;
             guard.state = state;
             guard.last_applied = meta.last_log_id;
             guard.membership = meta.last_membership.clone();
+            // Under the write lock, like publish: watchers cannot be served across the jump.
+            self.applied.hub.reset(revision);
         }
         self.applied.applied_index.send_replace(index);
         tracing::info!(index, "installed snapshot");

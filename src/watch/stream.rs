@@ -51,7 +51,11 @@ struct WatchState {
     /// Highest revision fully delivered (events, listing or progress).
     position: u64,
     progress_interval: Duration,
+    /// When the next progress notice is due; moved forward whenever events are sent.
     next_progress: Instant,
+    /// One timer for the stream's life, re-armed lazily: creating a timer per wake-up
+    /// showed up in profiles with thousands of watchers.
+    progress_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     header: HeaderFn,
     metrics: Metrics,
     done: bool,
@@ -155,8 +159,16 @@ impl WatchState {
             }
             tokio::select! {
                 _ = self.sub.shared.notify.notified() => {}
-                _ = tokio::time::sleep_until(self.next_progress) => {
+                _ = self.progress_timer.as_mut() => {
+                    if Instant::now() < self.next_progress {
+                        // Events went out since the timer was armed: not idle yet.
+                        let due = self.next_progress;
+                        self.progress_timer.as_mut().reset(due);
+                        continue;
+                    }
                     self.next_progress = Instant::now() + self.progress_interval;
+                    let due = self.next_progress;
+                    self.progress_timer.as_mut().reset(due);
                     if let Some(revision) = self.hub.idle_revision(self.sub.id, &self.sub.shared) {
                         self.position = self.position.max(revision);
                         self.metrics.watch_progress_notices.inc();
@@ -190,6 +202,7 @@ pub fn watch_stream(
         position,
         progress_interval,
         next_progress: Instant::now() + progress_interval,
+        progress_timer: Box::pin(tokio::time::sleep(progress_interval)),
         header,
         metrics,
         done: false,

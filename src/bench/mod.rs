@@ -1,0 +1,80 @@
+//! `bowline bench`: benchmarks that start what they need (or use `--endpoints`), report HDR
+//! latency percentiles and throughput as a table and JSON. Benchmarks report numbers; they
+//! never pass or fail on timing.
+
+pub mod cluster;
+pub mod watch;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+/// Benchmark suites.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Watch delivery latency: from a write's acknowledgement to its delivery at every watcher.
+    Watch(watch::WatchBenchArgs),
+}
+
+/// Flags shared by every suite.
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    /// Use an existing cluster (client addresses) instead of starting three local nodes.
+    #[arg(long, value_delimiter = ',')]
+    pub bench_endpoints: Vec<String>,
+    /// Write the results as JSON to this file as well.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// A small, fast run (for CI smoke tests).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// Summarizes a histogram of microseconds.
+    pub fn from_micros(h: &hdrhistogram::Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// A new histogram for microsecond latencies up to an hour.
+pub fn micros_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Runs `bowline bench …`.
+pub async fn run(command: &BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Watch(args) => watch::run(args).await,
+    }
+}
+
+/// Prints JSON results to stdout's companion file when asked.
+pub fn write_json<T: Serialize>(
+    path: &Option<std::path::PathBuf>,
+    value: &T,
+) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_string_pretty(value)?)?;
+        eprintln!("results written to {}", path.display());
+    }
+    Ok(())
+}
