@@ -127,11 +127,10 @@ impl NodeHandle {
             {
                 (
                     false,
-                    format!(
-                        "leader without a quorum for {} ms",
-                        m.millis_since_quorum_ack
-                            .map_or("ever".to_string(), |ms| ms.to_string())
-                    ),
+                    match m.millis_since_quorum_ack {
+                        Some(ms) => format!("leader without a quorum acknowledgement for {ms} ms"),
+                        None => "leader that has not yet heard from a quorum".to_string(),
+                    },
                 )
             }
             Some(_) if last.saturating_sub(applied) > 1000 => {

@@ -51,7 +51,7 @@ async fn register_endpoint(
         expected_revision: None,
     };
     client
-        .registry(|mut c| {
+        .registry_write(|mut c| {
             let request = request.clone();
             async move { c.register_endpoint(request).await }
         })
@@ -75,7 +75,7 @@ async fn a_stale_compare_and_set_fails_with_the_current_revision_and_changes_not
         expected_revision: Some(first),
     };
     let err = client
-        .registry(|mut c| {
+        .registry_write(|mut c| {
             let request = request.clone();
             async move { c.register_service(request).await }
         })
@@ -99,7 +99,7 @@ async fn a_stale_compare_and_set_fails_with_the_current_revision_and_changes_not
 
     // A delete with a stale revision is refused too; create-only (0) on an existing object as well.
     let err = client
-        .registry(|mut c| async move {
+        .registry_write(|mut c| async move {
             c.deregister_service(pb::DeregisterServiceRequest {
                 namespace: "default".into(),
                 name: "web".into(),
@@ -115,7 +115,7 @@ async fn a_stale_compare_and_set_fails_with_the_current_revision_and_changes_not
         expected_revision: Some(0),
     };
     let err = client
-        .registry(|mut c| {
+        .registry_write(|mut c| {
             let request = request.clone();
             async move { c.register_service(request).await }
         })
@@ -133,7 +133,7 @@ async fn a_stale_compare_and_set_fails_with_the_current_revision_and_changes_not
         expected_revision: Some(second),
     };
     client
-        .registry(|mut c| {
+        .registry_write(|mut c| {
             let request = request.clone();
             async move { c.register_service(request).await }
         })
@@ -156,7 +156,7 @@ async fn bad_input_is_rejected_with_the_field_and_rule_and_changes_nothing() {
         expected_revision: None,
     };
     let err = client
-        .registry(|mut c| {
+        .registry_write(|mut c| {
             let request = request.clone();
             async move { c.register_service(request).await }
         })
@@ -209,7 +209,7 @@ async fn bad_input_is_rejected_with_the_field_and_rule_and_changes_nothing() {
 
     // An unknown config kind.
     let err = client
-        .config(|mut c| async move {
+        .config_write(|mut c| async move {
             c.put_config(pb::PutConfigRequest {
                 object: Some(pb::ConfigObject {
                     kind: 42,
@@ -232,7 +232,7 @@ async fn bad_input_is_rejected_with_the_field_and_rule_and_changes_nothing() {
 
     // A config spec with an unknown field.
     let err = client
-        .config(|mut c| async move {
+        .config_write(|mut c| async move {
             c.put_config(pb::PutConfigRequest {
                 object: Some(pb::ConfigObject {
                     kind: pb::ConfigKind::HealthCheck as i32,
@@ -257,7 +257,7 @@ async fn bad_input_is_rejected_with_the_field_and_rule_and_changes_nothing() {
         expected_revision: None,
     };
     let err = client
-        .registry(|mut c| {
+        .registry_write(|mut c| {
             let request = request.clone();
             async move { c.register_service(request).await }
         })
@@ -285,7 +285,7 @@ async fn bad_input_is_rejected_with_the_field_and_rule_and_changes_nothing() {
         expected_revision: None,
     };
     let err = client
-        .registry(|mut c| {
+        .registry_write(|mut c| {
             let request = request.clone();
             async move { c.register_service(request).await }
         })

@@ -43,7 +43,7 @@ async fn a_learner_catches_up_by_snapshot_is_promoted_and_a_member_is_removed() 
         admin_addr: cluster.nodes[joiner].admin_addr.clone(),
     };
     client
-        .cluster(|mut c| {
+        .cluster_write(|mut c| {
             let request = request.clone();
             async move { c.add_learner(request).await }
         })
@@ -63,7 +63,7 @@ async fn a_learner_catches_up_by_snapshot_is_promoted_and_a_member_is_removed() 
 
     // Phase 3: promote it; it becomes a voter and serves linearizable reads.
     client
-        .cluster(|mut c| async move { c.promote(pb::PromoteRequest { id: 4 }).await })
+        .cluster_write(|mut c| async move { c.promote(pb::PromoteRequest { id: 4 }).await })
         .await
         .expect("promote");
     let status = cluster.status(leader_index).await.unwrap();
@@ -94,7 +94,7 @@ async fn a_learner_catches_up_by_snapshot_is_promoted_and_a_member_is_removed() 
         .map(|n| n.id)
         .unwrap();
     client
-        .cluster(|mut c| async move {
+        .cluster_write(|mut c| async move {
             c.remove_member(pb::RemoveMemberRequest { id: removed })
                 .await
         })
@@ -127,7 +127,9 @@ async fn a_learner_catches_up_by_snapshot_is_promoted_and_a_member_is_removed() 
 
     // Removing a node that is not a member is refused with a clear reason.
     let err = client
-        .cluster(|mut c| async move { c.remove_member(pb::RemoveMemberRequest { id: 42 }).await })
+        .cluster_write(
+            |mut c| async move { c.remove_member(pb::RemoveMemberRequest { id: 42 }).await },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);

@@ -74,7 +74,7 @@ async fn put_config(client: &Client, name: &str) -> u64 {
         expected_revision: None,
     };
     let r = client
-        .config(|mut c| {
+        .config_write(|mut c| {
             let request = request.clone();
             async move { c.put_config(request).await }
         })
@@ -89,7 +89,7 @@ async fn register_endpoint(client: &Client, service: &str, id: &str) -> u64 {
         expected_revision: None,
     };
     let r = client
-        .registry(|mut c| {
+        .registry_write(|mut c| {
             let request = request.clone();
             async move { c.register_endpoint(request).await }
         })
@@ -100,7 +100,7 @@ async fn register_endpoint(client: &Client, service: &str, id: &str) -> u64 {
 
 async fn deregister_service(client: &Client, name: &str) -> u64 {
     let r = client
-        .registry(|mut c| async move {
+        .registry_write(|mut c| async move {
             c.deregister_service(pb::DeregisterServiceRequest {
                 namespace: "default".into(),
                 name: name.into(),
@@ -330,7 +330,7 @@ async fn a_watcher_that_never_reads_is_cancelled_while_others_keep_up() {
             expected_revision: None,
         };
         let r = client
-            .registry(|mut c| {
+            .registry_write(|mut c| {
                 let request = request.clone();
                 async move { c.register_service(request).await }
             })

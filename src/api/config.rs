@@ -63,7 +63,7 @@ impl Config for ConfigService {
             .observe("GetConfig", async {
                 let r = request.into_inner();
                 let kind = kind_from_proto(r.kind, false)?.expect("unspecified rejected");
-                let (namespace, name) = object_key("object", &r.namespace, &r.name)?;
+                let (namespace, name) = object_key("namespace", "name", &r.namespace, &r.name)?;
                 self.ctx.read_barrier(r.consistency).await?;
                 let (found, revision) = self.ctx.applied.read(|state, revision| {
                     (state.config(kind, &namespace, &name).cloned(), revision)
@@ -111,7 +111,7 @@ impl Config for ConfigService {
             .observe("DeleteConfig", async {
                 let r = request.into_inner();
                 let kind = kind_from_proto(r.kind, false)?.expect("unspecified rejected");
-                let (namespace, name) = object_key("object", &r.namespace, &r.name)?;
+                let (namespace, name) = object_key("namespace", "name", &r.namespace, &r.name)?;
                 validate_name("object.name", &name)?;
                 let (revision, result) = self
                     .ctx

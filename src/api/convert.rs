@@ -50,15 +50,17 @@ fn sorted(map: &std::collections::HashMap<String, String>) -> BTreeMap<String, S
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-/// Validates the name and namespace of a request that addresses an object by key.
+/// Validates the namespace and name of a request that addresses an object by key; the
+/// field names are those of the request message.
 pub fn object_key(
-    object: &str,
+    namespace_field: &str,
+    name_field: &str,
     namespace: &str,
     name: &str,
 ) -> Result<(String, String), ValidationError> {
     let namespace = namespace_or_default(namespace);
-    crate::model::validation::validate_name(&format!("{object}.namespace"), &namespace)?;
-    crate::model::validation::validate_name(&format!("{object}.name"), name)?;
+    crate::model::validation::validate_name(namespace_field, &namespace)?;
+    crate::model::validation::validate_name(name_field, name)?;
     Ok((namespace, name.to_string()))
 }
 
@@ -225,7 +227,7 @@ pub fn config_from_proto(
 ) -> Result<(String, String, ConfigSpec), ValidationError> {
     let o = o.ok_or_else(|| ValidationError::new("object", "is required"))?;
     let kind = kind_from_proto(o.kind, false)?.expect("unspecified rejected");
-    let (namespace, name) = object_key("object", &o.namespace, &o.name)?;
+    let (namespace, name) = object_key("object.namespace", "object.name", &o.namespace, &o.name)?;
     if o.spec_json.len() > MAX_SPEC_JSON_BYTES {
         return Err(ValidationError::new(
             "object.spec_json",
@@ -234,8 +236,15 @@ pub fn config_from_proto(
     }
     let spec = ConfigSpec::from_json(kind, &o.spec_json)
         .map_err(|e| ValidationError::new("object.spec_json", e))?;
-    spec.validate()
-        .map_err(|e| in_request("object.spec_json", e))?;
+    // Paths inside the JSON keep its own (camelCase) spelling.
+    spec.validate().map_err(|e| {
+        let inner = e
+            .field
+            .strip_prefix("spec.")
+            .unwrap_or(&e.field)
+            .to_string();
+        ValidationError::new(format!("object.spec_json.{inner}"), e.rule)
+    })?;
     Ok((namespace, name, spec))
 }
 

@@ -47,6 +47,8 @@ impl ApiError {
                 | ConsensusError::Unavailable(_)
                 | ConsensusError::ShuttingDown(_),
             ) => Code::Unavailable,
+            // Not UNAVAILABLE: clients retry that, and this write may already be applied.
+            ApiError::Consensus(ConsensusError::Ambiguous(_)) => Code::DeadlineExceeded,
         }
     }
 }
@@ -118,6 +120,10 @@ mod tests {
             (
                 ConsensusError::Rejected("x".into()).into(),
                 Code::FailedPrecondition,
+            ),
+            (
+                ConsensusError::Ambiguous("x".into()).into(),
+                Code::DeadlineExceeded,
             ),
         ];
         for (error, code) in cases {

@@ -59,7 +59,7 @@ impl Registry for RegistryService {
         self.ctx
             .observe("DeregisterService", async {
                 let r = request.into_inner();
-                let (namespace, name) = object_key("service", &r.namespace, &r.name)?;
+                let (namespace, name) = object_key("namespace", "name", &r.namespace, &r.name)?;
                 let (revision, result) = self
                     .ctx
                     .consensus
@@ -91,7 +91,7 @@ impl Registry for RegistryService {
         self.ctx
             .observe("GetService", async {
                 let r = request.into_inner();
-                let (namespace, name) = object_key("service", &r.namespace, &r.name)?;
+                let (namespace, name) = object_key("namespace", "name", &r.namespace, &r.name)?;
                 self.ctx.read_barrier(r.consistency).await?;
                 let (found, revision) = self
                     .ctx
@@ -166,8 +166,9 @@ impl Registry for RegistryService {
         self.ctx
             .observe("DeregisterEndpoint", async {
                 let r = request.into_inner();
-                let (namespace, service) = object_key("endpoint", &r.namespace, &r.service)?;
-                validate_subdomain("endpoint.id", &r.id)?;
+                let (namespace, service) =
+                    object_key("namespace", "service", &r.namespace, &r.service)?;
+                validate_subdomain("id", &r.id)?;
                 let (revision, result) = self
                     .ctx
                     .consensus
@@ -196,8 +197,9 @@ impl Registry for RegistryService {
         self.ctx
             .observe("GetEndpoint", async {
                 let r = request.into_inner();
-                let (namespace, service) = object_key("endpoint", &r.namespace, &r.service)?;
-                validate_subdomain("endpoint.id", &r.id)?;
+                let (namespace, service) =
+                    object_key("namespace", "service", &r.namespace, &r.service)?;
+                validate_subdomain("id", &r.id)?;
                 self.ctx.read_barrier(r.consistency).await?;
                 let (found, revision) = self.ctx.applied.read(|state, revision| {
                     (

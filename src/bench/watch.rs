@@ -59,7 +59,7 @@ async fn register(
     request: pb::RegisterEndpointRequest,
 ) -> Result<u64, tonic::Status> {
     let r = client
-        .registry(|mut c| {
+        .registry_write(|mut c| {
             let request = request.clone();
             async move { c.register_endpoint(request).await }
         })
@@ -87,7 +87,7 @@ async fn one_run(
         expected_revision: None,
     };
     let start = client
-        .registry(|mut c| {
+        .registry_write(|mut c| {
             let request = request.clone();
             async move { c.register_service(request).await }
         })

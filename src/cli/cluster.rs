@@ -146,9 +146,19 @@ pub async fn run(ctx: &Ctx, cmd: &ClusterCommand) -> anyhow::Result<()> {
                 client_addr: a.client_addr.clone(),
                 admin_addr: String::new(),
             };
-            let r = ctx
-                .client
-                .cluster(|mut c| {
+            // The server waits up to a minute for the learner to catch up (a snapshot may
+            // have to travel); a shorter client timeout would misreport that as a failure.
+            let patient = crate::client::Client::new(
+                ctx.client.endpoints(),
+                crate::client::ClientOptions {
+                    total_timeout: std::time::Duration::from_secs(90),
+                    attempt_timeout: std::time::Duration::from_secs(75),
+                    ..Default::default()
+                },
+            )
+            .map_err(anyhow::Error::msg)?;
+            let r = patient
+                .cluster_write(|mut c| {
                     let request = request.clone();
                     async move { c.add_learner(request).await }
                 })
@@ -160,7 +170,7 @@ pub async fn run(ctx: &Ctx, cmd: &ClusterCommand) -> anyhow::Result<()> {
             let id = a.id;
             let r = ctx
                 .client
-                .cluster(|mut c| async move { c.promote(pb::PromoteRequest { id }).await })
+                .cluster_write(|mut c| async move { c.promote(pb::PromoteRequest { id }).await })
                 .await
                 .map_err(|s| anyhow::anyhow!("cluster promote: {}", status_line(&s)))?;
             report(ctx, &format!("node {id} promoted to voter"), &r)?;

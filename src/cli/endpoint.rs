@@ -105,7 +105,7 @@ pub fn endpoint_to_request(e: &Endpoint) -> pb::Endpoint {
 
 /// Runs `bowline endpoint …`.
 pub async fn run(ctx: &Ctx, cmd: &EndpointCommand) -> anyhow::Result<()> {
-    let (endpoint, verb) = match cmd {
+    let (endpoint, verb, revision) = match cmd {
         EndpointCommand::Register(a) => {
             let request = pb::RegisterEndpointRequest {
                 endpoint: Some(pb::Endpoint {
@@ -132,13 +132,17 @@ pub async fn run(ctx: &Ctx, cmd: &EndpointCommand) -> anyhow::Result<()> {
             };
             let r = ctx
                 .client
-                .registry(|mut c| {
+                .registry_write(|mut c| {
                     let request = request.clone();
                     async move { c.register_endpoint(request).await }
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("register endpoint: {}", status_line(&s)))?;
-            (r.endpoint.unwrap_or_default(), "registered")
+            (
+                r.endpoint.unwrap_or_default(),
+                "registered",
+                r.header.map_or(0, |h| h.revision),
+            )
         }
         EndpointCommand::Deregister(a) => {
             let request = pb::DeregisterEndpointRequest {
@@ -149,19 +153,23 @@ pub async fn run(ctx: &Ctx, cmd: &EndpointCommand) -> anyhow::Result<()> {
             };
             let r = ctx
                 .client
-                .registry(|mut c| {
+                .registry_write(|mut c| {
                     let request = request.clone();
                     async move { c.deregister_endpoint(request).await }
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("deregister endpoint: {}", status_line(&s)))?;
-            (r.endpoint.unwrap_or_default(), "deregistered")
+            (
+                r.endpoint.unwrap_or_default(),
+                "deregistered",
+                r.header.map_or(0, |h| h.revision),
+            )
         }
     };
     match ctx.output {
         OutputFormat::Table => println!(
             "endpoint/{} {verb} (service {}/{}, revision {})",
-            endpoint.id, endpoint.namespace, endpoint.service, endpoint.mod_revision
+            endpoint.id, endpoint.namespace, endpoint.service, revision
         ),
         format => print_documents(format, &[endpoint_document(&endpoint)], true)?,
     }

@@ -153,6 +153,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
+        // A client command piped into `head` should end quietly, as Unix tools do, instead
+        // of panicking on a closed stdout. Servers keep Rust's default (SIGPIPE ignored).
+        // SAFETY: restores the default disposition of one signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

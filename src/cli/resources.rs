@@ -187,7 +187,7 @@ async fn apply_one(ctx: &Ctx, resource: &Resource) -> anyhow::Result<u64> {
             };
             let r = ctx
                 .client
-                .registry(|mut c| {
+                .registry_write(|mut c| {
                     let request = request.clone();
                     async move { c.register_service(request).await }
                 })
@@ -202,7 +202,7 @@ async fn apply_one(ctx: &Ctx, resource: &Resource) -> anyhow::Result<u64> {
             };
             let r = ctx
                 .client
-                .registry(|mut c| {
+                .registry_write(|mut c| {
                     let request = request.clone();
                     async move { c.register_endpoint(request).await }
                 })
@@ -227,7 +227,7 @@ async fn apply_one(ctx: &Ctx, resource: &Resource) -> anyhow::Result<u64> {
             };
             let r = ctx
                 .client
-                .config(|mut c| {
+                .config_write(|mut c| {
                     let request = request.clone();
                     async move { c.put_config(request).await }
                 })
@@ -484,7 +484,7 @@ pub async fn delete(ctx: &Ctx, args: &DeleteArgs) -> anyhow::Result<()> {
             };
             let r = ctx
                 .client
-                .registry(|mut c| {
+                .registry_write(|mut c| {
                     let request = request.clone();
                     async move { c.deregister_service(request).await }
                 })
@@ -511,7 +511,7 @@ pub async fn delete(ctx: &Ctx, args: &DeleteArgs) -> anyhow::Result<()> {
             };
             let r = ctx
                 .client
-                .registry(|mut c| {
+                .registry_write(|mut c| {
                     let request = request.clone();
                     async move { c.deregister_endpoint(request).await }
                 })
@@ -531,7 +531,7 @@ pub async fn delete(ctx: &Ctx, args: &DeleteArgs) -> anyhow::Result<()> {
             };
             let r = ctx
                 .client
-                .config(|mut c| {
+                .config_write(|mut c| {
                     let request = request.clone();
                     async move { c.delete_config(request).await }
                 })

@@ -100,10 +100,14 @@ fn print_event(output: OutputFormat, event: &pb::Event, existing: bool) {
             "{:<8} {kind:<7} {object_kind:<18} {summary}",
             event.revision
         ),
-        _ => println!(
+        OutputFormat::Json => println!(
             "{}",
             json!({"type": kind, "kind": object_kind, "revision": event.revision, "object": doc})
         ),
+        OutputFormat::Yaml => {
+            let value = json!({"type": kind, "kind": object_kind, "revision": event.revision, "object": doc});
+            print!("---\n{}", serde_yaml::to_string(&value).unwrap_or_default());
+        }
     }
 }
 

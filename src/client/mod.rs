@@ -112,27 +112,56 @@ impl Client {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.failover(call, true).await
+    }
+
+    /// Like [`with_failover`](Self::with_failover), for calls that change state: only
+    /// errors that prove the call was not applied (`UNAVAILABLE`) are retried. A timeout is
+    /// returned to the caller, who knows whether repeating the write is safe.
+    pub async fn with_failover_write<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.failover(call, false).await
+    }
+
+    async fn failover<T, F, Fut>(&self, call: F, retry_ambiguous: bool) -> Result<T, Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let deadline = tokio::time::Instant::now() + self.options.total_timeout;
         let n = self.channels.len();
         let mut index = self.preferred.load(Ordering::Relaxed) % n;
         let mut backoff = Duration::from_millis(50);
         let mut attempts = 0usize;
         loop {
-            let attempt = tokio::time::timeout(
-                self.options.attempt_timeout,
-                call(self.channels[index].clone()),
-            )
-            .await;
+            let budget = self
+                .options
+                .attempt_timeout
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                .max(Duration::from_millis(1));
+            let attempt = tokio::time::timeout(budget, call(self.channels[index].clone())).await;
             let error = match attempt {
                 Ok(Ok(value)) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(value);
                 }
                 Ok(Err(status)) if !is_retryable(&status) => return Err(status),
+                Ok(Err(status)) if !retry_ambiguous && status.code() != Code::Unavailable => {
+                    return Err(status)
+                }
                 Ok(Err(status)) => status,
+                Err(_) if !retry_ambiguous => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "{} did not answer within {budget:?}; the write may or may not have been applied",
+                        self.endpoints[index]
+                    )))
+                }
                 Err(_) => Status::deadline_exceeded(format!(
-                    "{} did not answer within {:?}",
-                    self.endpoints[index], self.options.attempt_timeout
+                    "{} did not answer within {budget:?}",
+                    self.endpoints[index]
                 )),
             };
             attempts += 1;
@@ -155,6 +184,20 @@ impl Client {
     }
 
     /// Registry calls with failover: `client.registry(|mut c| async move { c.get_service(..).await })`.
+    /// Mutating registry calls, with failover only on errors that prove nothing was applied.
+    pub async fn registry_write<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(RegistryClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.with_failover_write(|ch| {
+            let fut = f(RegistryClient::new(ch));
+            async move { fut.await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Read-only registry calls with failover.
     pub async fn registry<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
         F: Fn(RegistryClient<Channel>) -> Fut,
@@ -168,6 +211,20 @@ impl Client {
     }
 
     /// Config calls with failover.
+    /// Mutating config calls, with failover only on errors that prove nothing was applied.
+    pub async fn config_write<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(ConfigClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.with_failover_write(|ch| {
+            let fut = f(ConfigClient::new(ch));
+            async move { fut.await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Read-only config calls with failover.
     pub async fn config<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
         F: Fn(ConfigClient<Channel>) -> Fut,
@@ -181,6 +238,20 @@ impl Client {
     }
 
     /// Cluster calls with failover.
+    /// Mutating cluster calls, with failover only on errors that prove nothing was applied.
+    pub async fn cluster_write<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(ClusterClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.with_failover_write(|ch| {
+            let fut = f(ClusterClient::new(ch));
+            async move { fut.await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Read-only cluster calls with failover.
     pub async fn cluster<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
         F: Fn(ClusterClient<Channel>) -> Fut,

@@ -106,7 +106,7 @@ pub enum ResourceError {
         message: String,
     },
     /// The document was read but breaks a validation rule.
-    #[error("document {index} ({kind} {name}): {source}")]
+    #[error("document {index} ({kind} {name}): {error}")]
     Invalid {
         /// 1-based document position.
         index: usize,
@@ -114,8 +114,8 @@ pub enum ResourceError {
         kind: String,
         /// Document `metadata.name`.
         name: String,
-        /// The broken rule.
-        source: ValidationError,
+        /// The broken rule (not a `source`: the message already includes it).
+        error: ValidationError,
     },
 }
 
@@ -289,11 +289,11 @@ fn parse_document(index: usize, doc: Yaml) -> Result<Option<Resource>, ResourceE
         Some(spec) => spec,
     };
 
-    let invalid = |source: ValidationError| ResourceError::Invalid {
+    let invalid = |error: ValidationError| ResourceError::Invalid {
         index,
         kind: kind.clone(),
         name: metadata.name.clone(),
-        source,
+        error,
     };
     let spec_err = |e: String| parse_err(format!("{label}: {e}"));
 
@@ -825,7 +825,7 @@ spec:
                 index: 2,
                 kind: "Service".into(),
                 name: "api".into(),
-                source: ValidationError::new("spec.ports[0].port", "must be between 1 and 65535"),
+                error: ValidationError::new("spec.ports[0].port", "must be between 1 and 65535"),
             }
         );
         assert_eq!(
@@ -836,65 +836,65 @@ spec:
         let text = "apiVersion: bowline/v1\nkind: TrafficPolicy\nmetadata: {name: web}\n\
                     spec: {routes: [{match: {path: /}, destinations: [{weight: 1}]}, \
                     {match: {path: /}, destinations: [{weight: 0}]}]}";
-        let ResourceError::Invalid { source, .. } = parse_err(text) else {
+        let ResourceError::Invalid { error, .. } = parse_err(text) else {
             panic!()
         };
-        assert_eq!(source.field, "spec.routes[1].destinations[0].weight");
+        assert_eq!(error.field, "spec.routes[1].destinations[0].weight");
 
         let missing_routes = "apiVersion: bowline/v1\nkind: TrafficPolicy\nmetadata: {name: web}";
-        let ResourceError::Invalid { source, .. } = parse_err(missing_routes) else {
+        let ResourceError::Invalid { error, .. } = parse_err(missing_routes) else {
             panic!()
         };
-        assert_eq!(source.field, "spec.routes");
+        assert_eq!(error.field, "spec.routes");
 
         let bad_name = "apiVersion: bowline/v1\nkind: Service\nmetadata: {name: Web}";
-        let ResourceError::Invalid { source, name, .. } = parse_err(bad_name) else {
+        let ResourceError::Invalid { error, name, .. } = parse_err(bad_name) else {
             panic!()
         };
         assert_eq!(
-            (source.field.as_str(), name.as_str()),
+            (error.field.as_str(), name.as_str()),
             ("metadata.name", "Web")
         );
 
         let bad_ns = "apiVersion: bowline/v1\nkind: HealthCheck\nmetadata: {name: web, namespace: A}\n\
                       spec: {tcp: {}, interval: 1s, timeout: 1s, healthyThreshold: 1, unhealthyThreshold: 1}";
-        let ResourceError::Invalid { source, .. } = parse_err(bad_ns) else {
+        let ResourceError::Invalid { error, .. } = parse_err(bad_ns) else {
             panic!()
         };
-        assert_eq!(source.field, "metadata.namespace");
+        assert_eq!(error.field, "metadata.namespace");
     }
 
     #[test]
     fn metadata_rules_per_kind() {
         let svc = "apiVersion: bowline/v1\nkind: Service\nmetadata: {name: web, service: web}";
-        let ResourceError::Invalid { source, .. } = parse_err(svc) else {
+        let ResourceError::Invalid { error, .. } = parse_err(svc) else {
             panic!()
         };
-        assert_eq!(source.field, "metadata.service");
+        assert_eq!(error.field, "metadata.service");
 
         let ep = "apiVersion: bowline/v1\nkind: Endpoint\nmetadata: {name: e1}\nspec: {address: 10.0.0.1, port: 80}";
-        let ResourceError::Invalid { source, .. } = parse_err(ep) else {
+        let ResourceError::Invalid { error, .. } = parse_err(ep) else {
             panic!()
         };
         assert_eq!(
-            source.to_string(),
+            error.to_string(),
             "metadata.service: is required for kind Endpoint"
         );
 
         let conflict = "apiVersion: bowline/v1\nkind: Endpoint\n\
                         metadata: {name: e1, service: web, labels: {version: v2}}\n\
                         spec: {address: 10.0.0.1, port: 80, labels: {version: v1}}";
-        let ResourceError::Invalid { source, .. } = parse_err(conflict) else {
+        let ResourceError::Invalid { error, .. } = parse_err(conflict) else {
             panic!()
         };
-        assert_eq!(source.field, "metadata.labels[\"version\"]");
+        assert_eq!(error.field, "metadata.labels[\"version\"]");
 
         let labelled = "apiVersion: bowline/v1\nkind: HealthCheck\nmetadata: {name: web, labels: {a: b}}\n\
                         spec: {tcp: {}, interval: 1s, timeout: 1s, healthyThreshold: 1, unhealthyThreshold: 1}";
-        let ResourceError::Invalid { source, .. } = parse_err(labelled) else {
+        let ResourceError::Invalid { error, .. } = parse_err(labelled) else {
             panic!()
         };
-        assert_eq!(source.field, "metadata.labels");
+        assert_eq!(error.field, "metadata.labels");
     }
 
     #[test]
@@ -1000,7 +1000,7 @@ spec:
             index: 1,
             kind: "Service".into(),
             name: "web".into(),
-            source: ValidationError::new("metadata.name", "x"),
+            error: ValidationError::new("metadata.name", "x"),
         };
         let json = serde_json::to_string(&err).unwrap();
         assert_eq!(serde_json::from_str::<ResourceError>(&json).unwrap(), err);

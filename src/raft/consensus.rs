@@ -14,6 +14,10 @@ use super::state_machine::AppliedState;
 use super::{NodeAddr, NodeId, Raft};
 use crate::command::{Command, CommandResult, Proposal};
 
+/// A learner further behind than this is not promoted: as a voter it would slow commits or
+/// cost the quorum.
+const PROMOTE_MAX_LAG: u64 = 1_000;
+
 /// How long a membership change may take, including a learner's catch-up.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -141,8 +145,11 @@ impl Consensus {
                 Some((leader, Some(node))) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match self.peers.forward(&node.peer_addr, &request, remaining).await {
-                        Err(ConsensusError::Unavailable(e)) if is_write => {
-                            return Err(ConsensusError::Unavailable(format!(
+                        // Never connected: the write was not sent, so trying again is safe.
+                        Err(ConsensusError::Unavailable(e))
+                            if is_write && !e.contains("tcp connect error") =>
+                        {
+                            return Err(ConsensusError::Ambiguous(format!(
                                 "leader {leader} did not answer; the write may or may not have been applied: {e}"
                             )))
                         }
@@ -195,9 +202,9 @@ impl Consensus {
                     Ok(ForwardReply::ReadIndex(read_log_id.map_or(0, |l| l.index)))
                 }
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => not_leader(f),
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                    Err(ConsensusError::Unavailable(e.to_string()))
-                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(
+                    ConsensusError::Unavailable("the leader cannot reach a quorum".to_string()),
+                ),
                 Err(e) => Err(fatal(e)),
             },
             ForwardRequest::AddLearner { id, node } => {
@@ -210,6 +217,22 @@ impl Consensus {
                 Ok(reply)
             }
             ForwardRequest::Promote(id) => {
+                let lag = {
+                    let metrics = self.raft.metrics();
+                    let m = metrics.borrow();
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .map(|l| l.index);
+                    matched.map(|matched| m.last_log_index.unwrap_or(0).saturating_sub(matched))
+                };
+                if lag.is_none_or(|lag| lag > PROMOTE_MAX_LAG) {
+                    return Err(ConsensusError::Rejected(format!(
+                        "node {id} has not caught up with the leader ({}); is it running and reachable?",
+                        lag.map_or("nothing replicated".to_string(), |lag| format!("{lag} entries behind"))
+                    )));
+                }
                 let members = self.voters_and_learners();
                 if !members.1.contains(&id) {
                     return Err(ConsensusError::Rejected(if members.0.contains(&id) {

@@ -77,7 +77,7 @@ pub enum ConsensusError {
         leader_addr: Option<String>,
     },
     /// No leader could be reached in time (an election is probably under way).
-    #[error("no leader available: {0}")]
+    #[error("unavailable: {0}")]
     Unavailable(String),
     /// The change is not allowed (for example removing an unknown member).
     #[error("{0}")]
@@ -85,6 +85,9 @@ pub enum ConsensusError {
     /// The node is shutting down or its Raft core stopped.
     #[error("node is shutting down: {0}")]
     ShuttingDown(String),
+    /// A forwarded write got no answer: it may or may not have been applied.
+    #[error("outcome unknown: {0}")]
+    Ambiguous(String),
 }
 
 fn leader_desc(id: &Option<NodeId>, addr: &Option<String>) -> String {

@@ -162,7 +162,7 @@ impl Metrics {
             raft_applied_index: gauge(
                 &registry,
                 "raft_applied_index",
-                "Index of the last applied entry (store revision)",
+                "Index of the last applied log entry",
             ),
             raft_snapshot_index: gauge(
                 &registry,

@@ -344,7 +344,7 @@ pub async fn register_service(client: &Client, name: &str) -> Result<u64, tonic:
         expected_revision: None,
     };
     let r = client
-        .registry(|mut c| {
+        .registry_write(|mut c| {
             let request = request.clone();
             async move { c.register_service(request).await }
         })
