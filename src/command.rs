@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ConfigKind, ConfigSpec, Endpoint, Service};
+use crate::model::{ConfigKind, ConfigSpec, Endpoint, HealthStatus, Service};
 use crate::store::{Stored, StoredConfig};
 
 /// One entry's application payload.
@@ -66,6 +66,9 @@ pub enum Command {
         endpoint: Endpoint,
         /// Compare-and-set guard.
         expected_revision: Option<u64>,
+        /// The client set no health: keep the current one (re-registration must not reset
+        /// checks), or for a new endpoint use the service's `HealthCheck.initialStatus`.
+        keep_health: bool,
     },
     /// Remove one endpoint.
     RemoveEndpoint {
@@ -100,6 +103,53 @@ pub enum Command {
         /// Compare-and-set guard.
         expected_revision: Option<u64>,
     },
+    /// A new leader claims health probing for its term. Results proposed under an older
+    /// term are refused from then on, so a deposed leader's probes never land.
+    ClaimProber {
+        /// The claiming leader's Raft term.
+        term: u64,
+    },
+    /// Health transitions (and removals of endpoints unhealthy past `deregisterAfter`)
+    /// observed by the prober of `term`, batched per tick.
+    ApplyHealth {
+        /// Term of the prober that observed them; must be the current claim.
+        term: u64,
+        /// Status changes.
+        transitions: Vec<HealthTransition>,
+        /// Endpoints to deregister.
+        removals: Vec<EndpointRemoval>,
+    },
+}
+
+/// One observed health change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthTransition {
+    /// Namespace of the service.
+    pub namespace: String,
+    /// Service of the endpoint.
+    pub service: String,
+    /// Endpoint id.
+    pub id: String,
+    /// The new status.
+    pub status: HealthStatus,
+    /// Why (`HTTP 503`, `connect refused`, `timeout after 1s`, `TTL expired`, …).
+    pub reason: String,
+    /// When the prober decided, in Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// One endpoint to remove after staying unhealthy too long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointRemoval {
+    /// Namespace of the service.
+    pub namespace: String,
+    /// Service of the endpoint.
+    pub service: String,
+    /// Endpoint id.
+    pub id: String,
+    /// The endpoint's health `since_ms` the prober saw; if it changed since, the removal
+    /// is skipped (the endpoint recovered or was re-registered).
+    pub unhealthy_since_ms: u64,
 }
 
 impl Command {
@@ -112,6 +162,8 @@ impl Command {
             Command::RemoveEndpoint { .. } => "RemoveEndpoint",
             Command::PutConfig { .. } => "PutConfig",
             Command::DeleteConfig { .. } => "DeleteConfig",
+            Command::ClaimProber { .. } => "ClaimProber",
+            Command::ApplyHealth { .. } => "ApplyHealth",
         }
     }
 }
@@ -135,6 +187,14 @@ pub enum Applied {
     Endpoint(Stored<Endpoint>),
     /// The config object after the change (or before it, for a deletion).
     Config(StoredConfig),
+    /// Health applied: how many transitions and removals took effect (stale ones are
+    /// skipped).
+    Health {
+        /// Transitions applied.
+        transitions: u32,
+        /// Endpoints removed.
+        removals: u32,
+    },
 }
 
 /// Why a command changed nothing. Deterministic: every replica reaches the same one.

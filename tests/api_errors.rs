@@ -237,7 +237,7 @@ async fn bad_input_is_rejected_with_the_field_and_rule_and_changes_nothing() {
                 object: Some(pb::ConfigObject {
                     kind: pb::ConfigKind::HealthCheck as i32,
                     name: "web".into(),
-                    spec_json: r#"{"tcp":{},"interval":"1s","timeout":"1s","healthyThreshold":1,"unhealthyThreshold":1,"bogus":true}"#.into(),
+                    spec_json: r#"{"tcp":{},"interval":"1s","timeout":"500ms","healthyThreshold":1,"unhealthyThreshold":1,"bogus":true}"#.into(),
                     ..Default::default()
                 }),
                 expected_revision: None,

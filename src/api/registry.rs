@@ -139,6 +139,10 @@ impl Registry for RegistryService {
         self.ctx
             .observe("RegisterEndpoint", async {
                 let r = request.into_inner();
+                let keep_health = r
+                    .endpoint
+                    .as_ref()
+                    .is_none_or(|e| e.health.as_ref().is_none_or(|h| h.status.is_empty()));
                 let endpoint = endpoint_from_proto(r.endpoint, now_ms())?;
                 let (revision, result) = self
                     .ctx
@@ -146,6 +150,7 @@ impl Registry for RegistryService {
                     .write(Command::UpsertEndpoint {
                         endpoint,
                         expected_revision: r.expected_revision,
+                        keep_health,
                     })
                     .await?;
                 match result? {

@@ -46,7 +46,11 @@ pub const HEALTH_CHECK_INTERVAL_RANGE: (DurationSpec, DurationSpec) = (
     DurationSpec::from_millis(60 * 60 * 1000),
 );
 /// Shortest `deregisterAfter`.
-pub const MIN_DEREGISTER_AFTER: DurationSpec = DurationSpec::from_secs(60);
+/// Consul's floor is one minute; ours is lower so that operators (and tests) can reap dead
+/// endpoints quickly, while still well above any sane check interval.
+pub const MIN_DEREGISTER_AFTER: DurationSpec = DurationSpec::from_secs(5);
+/// Envoy's default healthy panic threshold, in percent.
+pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
 
 /// The kinds of configuration object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -877,9 +881,20 @@ pub struct HealthCheckSpec {
     /// Status of newly registered endpoints before their first check.
     #[serde(default)]
     pub initial_status: Option<HealthStatus>,
-    /// Remove endpoints that stay unhealthy this long (at least 1m).
+    /// Remove endpoints that stay unhealthy this long (at least 5s).
     #[serde(default)]
     pub deregister_after: Option<DurationSpec>,
+    /// Percentage of routable endpoints below which routing ignores health and uses every
+    /// endpoint (Envoy's panic mode), 0..=100; default 50.
+    #[serde(default)]
+    pub panic_threshold: Option<u32>,
+}
+
+impl HealthCheckSpec {
+    /// The panic threshold in percent (Envoy's default, 50, when unset).
+    pub fn effective_panic_threshold(&self) -> u32 {
+        self.panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD)
+    }
 }
 
 impl HealthCheckSpec {
@@ -908,11 +923,12 @@ impl HealthCheckSpec {
 
         let (min, max) = HEALTH_CHECK_INTERVAL_RANGE;
         validate_range("spec.interval", self.interval, min, max)?;
-        if self.timeout.as_millis() == 0 || self.timeout > self.interval {
+        // A probe that may take as long as the interval would overlap the next one.
+        if self.timeout.as_millis() == 0 || self.timeout >= self.interval {
             return Err(ValidationError::new(
                 "spec.timeout",
                 format!(
-                    "must be greater than 0 and at most interval ({})",
+                    "must be greater than 0 and less than interval ({})",
                     self.interval
                 ),
             ));
@@ -927,6 +943,9 @@ impl HealthCheckSpec {
         }
         validate_range("spec.healthyThreshold", self.healthy_threshold, 1, 100)?;
         validate_range("spec.unhealthyThreshold", self.unhealthy_threshold, 1, 100)?;
+        if let Some(p) = self.panic_threshold {
+            validate_range("spec.panicThreshold", p, 0, 100)?;
+        }
         if let Some(d) = self.deregister_after {
             if d < MIN_DEREGISTER_AFTER {
                 return Err(ValidationError::new(
@@ -1146,7 +1165,7 @@ deregisterAfter: 5m
         assert_eq!(h.initial_status, Some(HealthStatus::Unknown));
 
         let tcp: HealthCheckSpec = serde_yaml::from_str(
-            "tcp: {}\ninterval: 100ms\ntimeout: 100ms\nhealthyThreshold: 1\nunhealthyThreshold: 100",
+            "tcp: {}\ninterval: 100ms\ntimeout: 99ms\nhealthyThreshold: 1\nunhealthyThreshold: 100",
         )
         .unwrap();
         tcp.validate().unwrap();
@@ -1156,7 +1175,7 @@ deregisterAfter: 5m
         .unwrap();
         grpc.validate().unwrap();
         let http: HealthCheckSpec = serde_yaml::from_str(
-            "http: {path: /}\ninterval: 1s\ntimeout: 1s\nhealthyThreshold: 1\nunhealthyThreshold: 1",
+            "http: {path: /}\ninterval: 1s\ntimeout: 500ms\nhealthyThreshold: 1\nunhealthyThreshold: 1",
         )
         .unwrap();
         assert_eq!(http.http.as_ref().unwrap().expected_statuses, vec![200]);
@@ -1431,11 +1450,13 @@ deregisterAfter: 5m
         assert_eq!(e.field, "spec.interval");
         let e = hc_err(|h| h.timeout = DurationSpec::ZERO);
         assert_eq!(e.field, "spec.timeout");
-        let e = hc_err(|h| h.timeout = DurationSpec::from_millis(1_001));
+        let e = hc_err(|h| h.timeout = DurationSpec::from_millis(1_000));
         assert_eq!(
             e.to_string(),
-            "spec.timeout: must be greater than 0 and at most interval (1s)"
+            "spec.timeout: must be greater than 0 and less than interval (1s)"
         );
+        let e = hc_err(|h| h.panic_threshold = Some(101));
+        assert_eq!(e.field, "spec.panicThreshold");
         let e = hc_err(|h| h.jitter = Some(DurationSpec::from_secs(2)));
         assert_eq!(e.field, "spec.jitter");
         let e = hc_err(|h| h.healthy_threshold = 0);
@@ -1445,8 +1466,8 @@ deregisterAfter: 5m
         );
         let e = hc_err(|h| h.unhealthy_threshold = 101);
         assert_eq!(e.field, "spec.unhealthyThreshold");
-        let e = hc_err(|h| h.deregister_after = Some(DurationSpec::from_secs(59)));
-        assert_eq!(e.to_string(), "spec.deregisterAfter: must be at least 1m");
+        let e = hc_err(|h| h.deregister_after = Some(DurationSpec::from_secs(4)));
+        assert_eq!(e.to_string(), "spec.deregisterAfter: must be at least 5s");
 
         fn http(h: &mut HealthCheckSpec) -> &mut HttpHealthCheck {
             h.http.as_mut().unwrap()

@@ -731,7 +731,7 @@ spec:
         let many = format!(
             "[\n\t{one},\n\t{{\"apiVersion\": \"bowline/v1\", \"kind\": \"HealthCheck\", \
              \"metadata\": {{\"name\": \"web\"}}, \"spec\": {{\"tcp\": {{}}, \"interval\": \"2s\", \
-             \"timeout\": \"1s\", \"healthyThreshold\": 1, \"unhealthyThreshold\": 2}}}}\n]"
+             \"timeout\": \"500ms\", \"healthyThreshold\": 1, \"unhealthyThreshold\": 2}}}}\n]"
         );
         let rs = parse_documents(&many).unwrap();
         assert_eq!(rs.len(), 2);
@@ -857,7 +857,7 @@ spec:
         );
 
         let bad_ns = "apiVersion: bowline/v1\nkind: HealthCheck\nmetadata: {name: web, namespace: A}\n\
-                      spec: {tcp: {}, interval: 1s, timeout: 1s, healthyThreshold: 1, unhealthyThreshold: 1}";
+                      spec: {tcp: {}, interval: 1s, timeout: 500ms, healthyThreshold: 1, unhealthyThreshold: 1}";
         let ResourceError::Invalid { error, .. } = parse_err(bad_ns) else {
             panic!()
         };
@@ -890,7 +890,7 @@ spec:
         assert_eq!(error.field, "metadata.labels[\"version\"]");
 
         let labelled = "apiVersion: bowline/v1\nkind: HealthCheck\nmetadata: {name: web, labels: {a: b}}\n\
-                        spec: {tcp: {}, interval: 1s, timeout: 1s, healthyThreshold: 1, unhealthyThreshold: 1}";
+                        spec: {tcp: {}, interval: 1s, timeout: 500ms, healthyThreshold: 1, unhealthyThreshold: 1}";
         let ResourceError::Invalid { error, .. } = parse_err(labelled) else {
             panic!()
         };
@@ -954,7 +954,7 @@ spec:
     #[test]
     fn empty_objects_survive_rendering() {
         let text = "apiVersion: bowline/v1\nkind: HealthCheck\nmetadata: {name: web}\n\
-                    spec: {tcp: {}, interval: 1s, timeout: 1s, healthyThreshold: 1, unhealthyThreshold: 1}";
+                    spec: {tcp: {}, interval: 1s, timeout: 500ms, healthyThreshold: 1, unhealthyThreshold: 1}";
         let rs = parse_documents(text).unwrap();
         let doc = to_document(&rs[0]);
         assert_eq!(doc["spec"]["tcp"], json!({}));

@@ -23,6 +23,7 @@ use crate::watch::{HubConfig, WatchHub};
 const KEY_LAST_APPLIED: &[u8] = b"m/last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"m/membership";
 const KEY_REVISION: &[u8] = b"m/revision";
+const KEY_PROBER_TERM: &[u8] = b"m/prober_term";
 const KEY_CURRENT_SNAPSHOT: &[u8] = b"current";
 
 /// What a node has applied, shared with readers.
@@ -160,6 +161,8 @@ impl SledStateMachine {
                 applied.membership = codec::decode(&value).map_err(decode_err)?;
             } else if key.as_ref() == KEY_REVISION {
                 applied.state.revision = codec::decode(&value).map_err(decode_err)?;
+            } else if key.as_ref() == KEY_PROBER_TERM {
+                applied.state.prober_term = codec::decode(&value).map_err(decode_err)?;
             } else {
                 decode_object(&mut applied.state, &key, &value).map_err(decode_err)?;
             }
@@ -340,6 +343,10 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
                 KEY_REVISION,
                 codec::encode(&applied.state.revision).map_err(|e| write(e.to_string()))?,
             );
+            batch.insert(
+                KEY_PROBER_TERM,
+                codec::encode(&applied.state.prober_term).map_err(|e| write(e.to_string()))?,
+            );
             last_index = applied.last_applied.map_or(0, |l| l.index);
         }
         // Not fsync'd here: the log is durable, and on restart openraft re-applies from the
@@ -401,6 +408,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
             codec::encode(&meta.last_membership).map_err(enc)?,
         );
         batch.insert(KEY_REVISION, codec::encode(&state.revision).map_err(enc)?);
+        batch.insert(KEY_PROBER_TERM, codec::encode(&state.prober_term).map_err(enc)?);
         self.tree
             .apply_batch(batch)
             .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;

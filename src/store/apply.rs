@@ -5,6 +5,7 @@
 
 use super::{RegistryState, StateKey, Stored, StoredConfig, StoredObject};
 use crate::command::{Applied, ApplyError, Command, CommandResult};
+use crate::model::{ConfigKind, ConfigSpec, Health, HealthStatus};
 
 /// One object changed by a command; the storage layer persists its new value (or its
 /// removal).
@@ -139,6 +140,7 @@ fn apply_inner(
         Command::UpsertEndpoint {
             endpoint,
             expected_revision,
+            keep_health,
         } => {
             if state
                 .service(&endpoint.namespace, &endpoint.service)
@@ -161,8 +163,26 @@ fn apply_inner(
                 *expected_revision,
                 existing.map(|e| e.mod_revision),
             )?;
+            let mut value = endpoint.clone();
+            if *keep_health {
+                match existing {
+                    Some(e) => value.health = e.value.health.clone(),
+                    None => {
+                        let initial = state
+                            .config(ConfigKind::HealthCheck, &endpoint.namespace, &endpoint.service)
+                            .and_then(|c| match &c.stored.value {
+                                ConfigSpec::HealthCheck(h) => h.initial_status,
+                                _ => None,
+                            });
+                        if let Some(status) = initial {
+                            value.health.status = status;
+                            value.health.reason = "initial status from the health check".to_string();
+                        }
+                    }
+                }
+            }
             let stored = Stored {
-                value: endpoint.clone(),
+                value,
                 create_revision: existing.map_or(index, |e| e.create_revision),
                 mod_revision: index,
             };
@@ -266,6 +286,75 @@ fn apply_inner(
                 }],
             ))
         }
+        Command::ClaimProber { term } => {
+            if *term <= state.prober_term {
+                return Err(ApplyError::FailedPrecondition(format!(
+                    "prober term {term} is not newer than the current claim {}",
+                    state.prober_term
+                )));
+            }
+            state.prober_term = *term;
+            Ok((Applied::Nothing, Vec::new()))
+        }
+        Command::ApplyHealth {
+            term,
+            transitions,
+            removals,
+        } => {
+            if *term != state.prober_term {
+                // A deposed leader's results: a newer leader has claimed probing.
+                return Err(ApplyError::FailedPrecondition(format!(
+                    "health results from prober term {term}, but term {} now probes",
+                    state.prober_term
+                )));
+            }
+            let mut changes = Vec::new();
+            let mut applied_transitions = 0;
+            for t in transitions {
+                let key = (t.namespace.clone(), t.service.clone(), t.id.clone());
+                let Some(stored) = state.endpoints.get_mut(&key) else {
+                    continue; // removed since the probe: nothing to do
+                };
+                if stored.value.health.status == t.status {
+                    continue;
+                }
+                stored.value.health = Health {
+                    status: t.status,
+                    since_ms: t.at_ms,
+                    reason: t.reason.clone(),
+                };
+                stored.mod_revision = index;
+                applied_transitions += 1;
+                changes.push(Change {
+                    key: StateKey::Endpoint(key.0, key.1, key.2),
+                    removed: None,
+                });
+            }
+            let mut applied_removals = 0;
+            for r in removals {
+                let key = (r.namespace.clone(), r.service.clone(), r.id.clone());
+                let still_unhealthy = state.endpoints.get(&key).is_some_and(|e| {
+                    e.value.health.status == HealthStatus::Unhealthy
+                        && e.value.health.since_ms == r.unhealthy_since_ms
+                });
+                if !still_unhealthy {
+                    continue;
+                }
+                let removed = state.endpoints.remove(&key).expect("checked above");
+                applied_removals += 1;
+                changes.push(Change {
+                    key: StateKey::Endpoint(key.0, key.1, key.2),
+                    removed: Some(StoredObject::Endpoint(removed)),
+                });
+            }
+            Ok((
+                Applied::Health {
+                    transitions: applied_transitions,
+                    removals: applied_removals,
+                },
+                changes,
+            ))
+        }
     }
 }
 
@@ -366,6 +455,7 @@ mod tests {
             &Command::UpsertEndpoint {
                 endpoint: endpoint("web", "a"),
                 expected_revision: None,
+                keep_health: false,
             },
         );
         assert!(
@@ -394,6 +484,7 @@ mod tests {
                 &Command::UpsertEndpoint {
                     endpoint: endpoint(svc, id),
                     expected_revision: None,
+                    keep_health: false,
                 },
             )
             .0
@@ -435,4 +526,155 @@ mod tests {
         );
         assert!(matches!(result, Err(ApplyError::NotFound { .. })));
     }
+
+    fn transition(id: &str, status: HealthStatus, at_ms: u64) -> crate::command::HealthTransition {
+        crate::command::HealthTransition {
+            namespace: "default".into(),
+            service: "web".into(),
+            id: id.into(),
+            status,
+            reason: "test".into(),
+            at_ms,
+        }
+    }
+
+    fn with_endpoint() -> RegistryState {
+        let mut state = RegistryState::default();
+        register(&mut state, 1, "web", None).unwrap();
+        apply_command(
+            &mut state,
+            2,
+            &Command::UpsertEndpoint {
+                endpoint: endpoint("web", "a"),
+                expected_revision: None,
+                keep_health: false,
+            },
+        )
+        .0
+        .unwrap();
+        state
+    }
+
+    #[test]
+    fn health_from_a_deposed_prober_never_lands() {
+        let mut state = with_endpoint();
+        apply_command(&mut state, 3, &Command::ClaimProber { term: 2 }).0.unwrap();
+        apply_command(&mut state, 4, &Command::ClaimProber { term: 3 }).0.unwrap();
+        // The term-2 leader's results arrive after term 3 claimed probing: refused.
+        let (result, changes) = apply_command(
+            &mut state,
+            5,
+            &Command::ApplyHealth {
+                term: 2,
+                transitions: vec![transition("a", HealthStatus::Unhealthy, 100)],
+                removals: vec![],
+            },
+        );
+        assert!(matches!(result, Err(ApplyError::FailedPrecondition(_))));
+        assert!(changes.is_empty());
+        assert_eq!(state.endpoint("default", "web", "a").unwrap().value.health.status, HealthStatus::Unknown);
+        // An older claim cannot take probing back either.
+        assert!(apply_command(&mut state, 6, &Command::ClaimProber { term: 2 }).0.is_err());
+        // The current prober's results land, and bump the endpoint's revision.
+        let (result, changes) = apply_command(
+            &mut state,
+            7,
+            &Command::ApplyHealth {
+                term: 3,
+                transitions: vec![transition("a", HealthStatus::Unhealthy, 100)],
+                removals: vec![],
+            },
+        );
+        assert!(matches!(result, Ok(Applied::Health { transitions: 1, removals: 0 })));
+        assert_eq!(changes.len(), 1);
+        let e = state.endpoint("default", "web", "a").unwrap();
+        assert_eq!((e.value.health.status, e.value.health.since_ms, e.mod_revision), (HealthStatus::Unhealthy, 100, 7));
+    }
+
+    #[test]
+    fn a_removal_is_skipped_when_the_endpoint_recovered_meanwhile() {
+        let mut state = with_endpoint();
+        apply_command(&mut state, 3, &Command::ClaimProber { term: 1 }).0.unwrap();
+        let health = |state: &mut RegistryState, index, status, at| {
+            apply_command(
+                state,
+                index,
+                &Command::ApplyHealth {
+                    term: 1,
+                    transitions: vec![transition("a", status, at)],
+                    removals: vec![],
+                },
+            )
+            .0
+            .unwrap()
+        };
+        health(&mut state, 4, HealthStatus::Unhealthy, 100);
+        health(&mut state, 5, HealthStatus::Healthy, 200);
+        let removal = crate::command::EndpointRemoval {
+            namespace: "default".into(),
+            service: "web".into(),
+            id: "a".into(),
+            unhealthy_since_ms: 100,
+        };
+        let (result, _) = apply_command(
+            &mut state,
+            6,
+            &Command::ApplyHealth {
+                term: 1,
+                transitions: vec![],
+                removals: vec![removal.clone()],
+            },
+        );
+        assert!(matches!(result, Ok(Applied::Health { removals: 0, .. })));
+        assert!(state.endpoint("default", "web", "a").is_some());
+        health(&mut state, 7, HealthStatus::Unhealthy, 300);
+        let (result, changes) = apply_command(
+            &mut state,
+            8,
+            &Command::ApplyHealth {
+                term: 1,
+                transitions: vec![],
+                removals: vec![crate::command::EndpointRemoval {
+                    unhealthy_since_ms: 300,
+                    ..removal
+                }],
+            },
+        );
+        assert!(matches!(result, Ok(Applied::Health { removals: 1, .. })));
+        assert!(changes[0].removed.is_some());
+        assert!(state.endpoint("default", "web", "a").is_none());
+    }
+
+    #[test]
+    fn re_registration_keeps_health_unless_the_client_sets_it() {
+        let mut state = with_endpoint();
+        apply_command(&mut state, 3, &Command::ClaimProber { term: 1 }).0.unwrap();
+        apply_command(
+            &mut state,
+            4,
+            &Command::ApplyHealth {
+                term: 1,
+                transitions: vec![transition("a", HealthStatus::Healthy, 100)],
+                removals: vec![],
+            },
+        )
+        .0
+        .unwrap();
+        let mut moved = endpoint("web", "a");
+        moved.port = 9999;
+        apply_command(
+            &mut state,
+            5,
+            &Command::UpsertEndpoint {
+                endpoint: moved,
+                expected_revision: None,
+                keep_health: true,
+            },
+        )
+        .0
+        .unwrap();
+        let e = state.endpoint("default", "web", "a").unwrap();
+        assert_eq!((e.value.port, e.value.health.status), (9999, HealthStatus::Healthy));
+    }
+
 }

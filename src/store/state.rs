@@ -42,6 +42,8 @@ pub struct RegistryState {
     /// change nothing (rejected commands, blank and membership entries) leave it alone, as a
     /// failed etcd transaction leaves etcd's revision alone.
     pub revision: u64,
+    /// Term of the leader whose health prober is current (see `Command::ClaimProber`).
+    pub prober_term: u64,
     /// Services by `(namespace, name)`.
     pub services: BTreeMap<(String, String), Stored<Service>>,
     /// Endpoints by `(namespace, service, id)`; the order groups a service's endpoints.
