@@ -259,6 +259,7 @@ pub async fn run_node(
         peers: peers.clone(),
         applied: applied.clone(),
         request_timeout: config.request_timeout,
+        heartbeats: Arc::new(crate::health::HeartbeatTable::default()),
     };
     let node = NodeHandle {
         consensus: consensus.clone(),
@@ -347,6 +348,15 @@ pub async fn run_node(
         "node started"
     );
 
+    let health_task = tokio::spawn(
+        crate::health::HealthChecker {
+            consensus: consensus.clone(),
+            metrics: metrics.clone(),
+            heartbeats: consensus.heartbeats.clone(),
+            quorum_timeout_ms: config.raft.election_timeout_max_ms,
+        }
+        .supervise(stop_rx.clone()),
+    );
     let peer_task = tokio::spawn(peer_server);
     let client_task = tokio::spawn(client_server);
     let admin_task = tokio::spawn(admin_server);
@@ -357,6 +367,8 @@ pub async fn run_node(
     // Watch streams never end on their own: end them (clients resume elsewhere) so the
     // client server can drain.
     applied.hub().shutdown();
+    // The prober stops before Raft does, so no probe result is proposed during shutdown.
+    let _ = tokio::time::timeout(Duration::from_secs(5), health_task).await;
     // Client requests drain first; the peer port stays up meanwhile so in-flight writes can
     // still commit.
     let drain = Duration::from_secs(5);

@@ -27,6 +27,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod command;
+pub mod health;
 pub mod model;
 pub mod proto;
 pub mod raft;

@@ -114,6 +114,28 @@ pub fn service_to_proto(s: &Stored<Service>) -> pb::Service {
         depends_on: s.value.depends_on.clone(),
         create_revision: s.create_revision,
         mod_revision: s.mod_revision,
+        status: None,
+    }
+}
+
+/// A stored service with its health summary, for reads.
+pub fn service_with_status(
+    state: &crate::store::RegistryState,
+    s: &Stored<Service>,
+) -> pb::Service {
+    let h = crate::health::status::service_health(state, &s.value.namespace, &s.value.name);
+    pb::Service {
+        status: Some(pb::ServiceStatus {
+            total_endpoints: h.total,
+            available_endpoints: h.available,
+            unhealthy_endpoints: h.unhealthy,
+            draining_endpoints: h.draining,
+            panic_threshold: h.panic_threshold,
+            panic: h.panic,
+            degraded: !h.degraded_dependencies.is_empty(),
+            degraded_dependencies: h.degraded_dependencies,
+        }),
+        ..service_to_proto(s)
     }
 }
 

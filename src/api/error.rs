@@ -38,6 +38,7 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => Code::InvalidArgument,
             ApiError::NotFound(_) => Code::NotFound,
+            ApiError::Consensus(ConsensusError::NotFound(_)) => Code::NotFound,
             ApiError::Apply(ApplyError::NotFound { .. }) => Code::NotFound,
             ApiError::Apply(ApplyError::RevisionMismatch { .. }) => Code::FailedPrecondition,
             ApiError::Apply(ApplyError::FailedPrecondition(_)) => Code::FailedPrecondition,

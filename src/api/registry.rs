@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{
     endpoint_from_proto, endpoint_to_proto, object_key, service_from_proto, service_to_proto,
+    service_with_status,
 };
 use super::{now_ms, ApiContext, ApiError};
 use crate::command::{Applied, Command};
@@ -93,15 +94,19 @@ impl Registry for RegistryService {
                 let r = request.into_inner();
                 let (namespace, name) = object_key("namespace", "name", &r.namespace, &r.name)?;
                 self.ctx.read_barrier(r.consistency).await?;
-                let (found, revision) = self
-                    .ctx
-                    .applied
-                    .read(|state, revision| (state.service(&namespace, &name).cloned(), revision));
+                let (found, revision) = self.ctx.applied.read(|state, revision| {
+                    (
+                        state
+                            .service(&namespace, &name)
+                            .map(|s| service_with_status(state, s)),
+                        revision,
+                    )
+                });
                 let service = found
                     .ok_or_else(|| ApiError::NotFound(format!("service {namespace}/{name}")))?;
                 Ok(GetServiceResponse {
                     header: self.ctx.header(revision),
-                    service: Some(service_to_proto(&service)),
+                    service: Some(service),
                 })
             })
             .await
@@ -119,14 +124,16 @@ impl Registry for RegistryService {
                 }
                 self.ctx.read_barrier(r.consistency).await?;
                 let (services, revision) = self.ctx.applied.read(|state, revision| {
-                    (
-                        state.list_services(&r.namespace, &r.label_selector),
-                        revision,
-                    )
+                    let services: Vec<_> = state
+                        .list_services(&r.namespace, &r.label_selector)
+                        .iter()
+                        .map(|s| service_with_status(state, s))
+                        .collect();
+                    (services, revision)
                 });
                 Ok(ListServicesResponse {
                     header: self.ctx.header(revision),
-                    services: services.iter().map(service_to_proto).collect(),
+                    services,
                 })
             })
             .await
@@ -246,6 +253,30 @@ impl Registry for RegistryService {
                 Ok(ListEndpointsResponse {
                     header: self.ctx.header(revision),
                     endpoints: endpoints.iter().map(endpoint_to_proto).collect(),
+                })
+            })
+            .await
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.ctx
+            .observe("Heartbeat", async {
+                let r = request.into_inner();
+                let (namespace, service) =
+                    object_key("namespace", "service", &r.namespace, &r.service)?;
+                validate_subdomain("id", &r.id)?;
+                let ttl_ms = self
+                    .ctx
+                    .consensus
+                    .heartbeat(namespace, service, r.id)
+                    .await?;
+                let revision = self.ctx.applied.read(|_, revision| revision);
+                Ok(HeartbeatResponse {
+                    header: self.ctx.header(revision),
+                    ttl_ms,
                 })
             })
             .await

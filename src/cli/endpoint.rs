@@ -15,6 +15,24 @@ pub enum EndpointCommand {
     Register(RegisterArgs),
     /// Deregister an endpoint.
     Deregister(DeregisterArgs),
+    /// Refresh a TTL endpoint (once, or every --every until Ctrl-C).
+    Heartbeat(HeartbeatArgs),
+}
+
+/// Flags of `bowline endpoint heartbeat`.
+#[derive(Debug, Args)]
+pub struct HeartbeatArgs {
+    /// Endpoint id.
+    pub id: String,
+    /// Service the endpoint belongs to.
+    #[arg(short, long)]
+    pub service: String,
+    /// Namespace.
+    #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Keep sending a heartbeat at this interval (e.g. 3s) until Ctrl-C.
+    #[arg(long)]
+    pub every: Option<crate::model::DurationSpec>,
 }
 
 /// Flags of `bowline endpoint register`.
@@ -49,6 +67,10 @@ pub struct RegisterArgs {
     /// Zone of the locality.
     #[arg(long, default_value = "")]
     pub zone: String,
+    /// Time to live (e.g. 10s): the endpoint turns unhealthy unless refreshed with
+    /// `bowline endpoint heartbeat` within it.
+    #[arg(long)]
+    pub ttl: Option<crate::model::DurationSpec>,
     /// Initial health: healthy, unhealthy, draining or unknown.
     #[arg(long)]
     pub health: Option<String>,
@@ -105,6 +127,9 @@ pub fn endpoint_to_request(e: &Endpoint) -> pb::Endpoint {
 
 /// Runs `bowline endpoint …`.
 pub async fn run(ctx: &Ctx, cmd: &EndpointCommand) -> anyhow::Result<()> {
+    if let EndpointCommand::Heartbeat(a) = cmd {
+        return heartbeat(ctx, a).await;
+    }
     let (endpoint, verb, revision) = match cmd {
         EndpointCommand::Register(a) => {
             let request = pb::RegisterEndpointRequest {
@@ -122,6 +147,7 @@ pub async fn run(ctx: &Ctx, cmd: &EndpointCommand) -> anyhow::Result<()> {
                     }),
                     weight: Some(a.weight),
                     priority: a.priority,
+                    ttl_ms: a.ttl.map_or(0, |t| t.as_millis()),
                     health: a.health.clone().map(|status| pb::Health {
                         status,
                         ..Default::default()
@@ -165,6 +191,7 @@ pub async fn run(ctx: &Ctx, cmd: &EndpointCommand) -> anyhow::Result<()> {
                 r.header.map_or(0, |h| h.revision),
             )
         }
+        EndpointCommand::Heartbeat(_) => unreachable!("handled above"),
     };
     match ctx.output {
         OutputFormat::Table => println!(
@@ -174,4 +201,36 @@ pub async fn run(ctx: &Ctx, cmd: &EndpointCommand) -> anyhow::Result<()> {
         format => print_documents(format, &[endpoint_document(&endpoint)], true)?,
     }
     Ok(())
+}
+
+async fn heartbeat(ctx: &Ctx, a: &HeartbeatArgs) -> anyhow::Result<()> {
+    let request = pb::HeartbeatRequest {
+        namespace: a.namespace.clone(),
+        service: a.service.clone(),
+        id: a.id.clone(),
+    };
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        let r = ctx
+            .client
+            .registry(|mut c| {
+                let request = request.clone();
+                async move { c.heartbeat(request).await }
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("heartbeat: {}", status_line(&s)))?;
+        if ctx.output == OutputFormat::Table {
+            println!(
+                "endpoint/{} heartbeat accepted (ttl {})",
+                a.id,
+                crate::model::DurationSpec::from_millis(r.ttl_ms)
+            );
+        }
+        let Some(every) = a.every else { return Ok(()) };
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(every.as_std()) => {}
+        }
+    }
 }

@@ -42,6 +42,18 @@ pub fn service_document(s: &pb::Service) -> Value {
     };
     let mut doc = to_document(&Resource::Service(service));
     doc["status"] = json!({"createRevision": s.create_revision, "modRevision": s.mod_revision});
+    if let Some(st) = &s.status {
+        doc["status"]["health"] = json!({
+            "totalEndpoints": st.total_endpoints,
+            "availableEndpoints": st.available_endpoints,
+            "unhealthyEndpoints": st.unhealthy_endpoints,
+            "drainingEndpoints": st.draining_endpoints,
+            "panicThreshold": st.panic_threshold,
+            "panic": st.panic,
+            "degraded": st.degraded,
+            "degradedDependencies": st.degraded_dependencies,
+        });
+    }
     doc
 }
 

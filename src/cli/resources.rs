@@ -279,35 +279,20 @@ pub async fn get(ctx: &Ctx, args: &GetArgs) -> anyhow::Result<()> {
                 }
             };
             if ctx.output == OutputFormat::Table {
-                // Endpoint counts make the table useful at a glance.
-                let request = pb::ListEndpointsRequest {
-                    consistency: ctx.consistency,
-                    ..Default::default()
-                };
-                let endpoints = ctx
-                    .client
-                    .registry(|mut c| {
-                        let request = request.clone();
-                        async move { c.list_endpoints(request).await }
-                    })
-                    .await
-                    .map_err(api_err("list endpoints"))?
-                    .endpoints;
                 let rows = services
                     .iter()
                     .map(|s| {
-                        let mine: Vec<_> = endpoints
-                            .iter()
-                            .filter(|e| e.namespace == s.namespace && e.service == s.name)
-                            .collect();
-                        let healthy = mine
-                            .iter()
-                            .filter(|e| {
-                                e.health
-                                    .as_ref()
-                                    .is_some_and(|h| h.status == "healthy" || h.status == "unknown")
-                            })
-                            .count();
+                        let st = s.status.clone().unwrap_or_default();
+                        let mut health = Vec::new();
+                        if st.panic {
+                            health.push(format!("panic (<{}% available)", st.panic_threshold));
+                        }
+                        if st.degraded {
+                            health.push(format!(
+                                "degraded ({} down)",
+                                st.degraded_dependencies.join(",")
+                            ));
+                        }
                         vec![
                             s.namespace.clone(),
                             s.name.clone(),
@@ -316,7 +301,12 @@ pub async fn get(ctx: &Ctx, args: &GetArgs) -> anyhow::Result<()> {
                                 .map(|p| format!("{}:{}/{}", p.name, p.port, p.protocol))
                                 .collect::<Vec<_>>()
                                 .join(","),
-                            format!("{healthy}/{}", mine.len()),
+                            format!("{}/{}", st.available_endpoints, st.total_endpoints),
+                            if health.is_empty() {
+                                "ok".to_string()
+                            } else {
+                                health.join(", ")
+                            },
                             labels_text(&s.labels),
                             s.mod_revision.to_string(),
                         ]
@@ -328,6 +318,7 @@ pub async fn get(ctx: &Ctx, args: &GetArgs) -> anyhow::Result<()> {
                         "NAME",
                         "PORTS",
                         "ENDPOINTS",
+                        "STATUS",
                         "LABELS",
                         "REVISION",
                     ],

@@ -34,6 +34,8 @@ pub struct Consensus {
     pub applied: AppliedState,
     /// How long a client request may wait for a leader and an answer.
     pub request_timeout: Duration,
+    /// TTL heartbeats received while this node leads (read by the health prober).
+    pub heartbeats: std::sync::Arc<crate::health::HeartbeatTable>,
 }
 
 fn not_leader<E>(
@@ -101,6 +103,28 @@ impl Consensus {
         self.membership(ForwardRequest::Remove(id)).await
     }
 
+    /// Delivers a TTL heartbeat to the leader; returns the endpoint's TTL in milliseconds.
+    pub async fn heartbeat(
+        &self,
+        namespace: String,
+        service: String,
+        id: String,
+    ) -> Result<u64, ConsensusError> {
+        match self
+            .submit(ForwardRequest::Heartbeat {
+                namespace,
+                service,
+                id,
+            })
+            .await?
+        {
+            ForwardReply::HeartbeatAccepted { ttl_ms } => Ok(ttl_ms),
+            other => Err(ConsensusError::Unavailable(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
     async fn membership(&self, request: ForwardRequest) -> Result<u64, ConsensusError> {
         match self.submit(request).await? {
             ForwardReply::MembershipChanged { index } => Ok(index),
@@ -162,9 +186,11 @@ impl Consensus {
             };
             match attempt {
                 Ok(reply) => return Ok(reply),
-                Err(e @ (ConsensusError::Rejected(_) | ConsensusError::ShuttingDown(_))) => {
-                    return Err(e)
-                }
+                Err(
+                    e @ (ConsensusError::Rejected(_)
+                    | ConsensusError::ShuttingDown(_)
+                    | ConsensusError::NotFound(_)),
+                ) => return Err(e),
                 Err(e) => last_error = e,
             }
             if Instant::now() >= deadline {
@@ -207,6 +233,33 @@ impl Consensus {
                 ),
                 Err(e) => Err(fatal(e)),
             },
+            ForwardRequest::Heartbeat {
+                namespace,
+                service,
+                id,
+            } => {
+                if self.leader().map(|(l, _)| l) != Some(self.id) {
+                    return Err(ConsensusError::NotLeader {
+                        leader_id: self.leader().map(|(l, _)| l),
+                        leader_addr: self.leader().and_then(|(_, n)| n).map(|n| n.peer_addr),
+                    });
+                }
+                let ttl = self.applied.read(|state, _| {
+                    state
+                        .endpoint(&namespace, &service, &id)
+                        .map(|e| e.value.ttl)
+                });
+                match ttl {
+                    None => Err(ConsensusError::NotFound(format!("endpoint {namespace}/{service}/{id}"))),
+                    Some(None) => Err(ConsensusError::Rejected(format!(
+                        "endpoint {namespace}/{service}/{id} has no ttl; register it with one to use heartbeats"
+                    ))),
+                    Some(Some(ttl)) => {
+                        self.heartbeats.beat((namespace, service, id));
+                        Ok(ForwardReply::HeartbeatAccepted { ttl_ms: ttl.as_millis() })
+                    }
+                }
+            }
             ForwardRequest::AddLearner { id, node } => {
                 let result = self.raft.add_learner(id, node, false).await;
                 let reply = self.membership_result(result.map(|r| r.log_id.index))?;

@@ -43,6 +43,15 @@ pub enum ForwardRequest {
     Promote(NodeId),
     /// Remove a member.
     Remove(NodeId),
+    /// A TTL endpoint's heartbeat, for the leader's in-memory table.
+    Heartbeat {
+        /// Namespace.
+        namespace: String,
+        /// Service.
+        service: String,
+        /// Endpoint id.
+        id: String,
+    },
 }
 
 /// The leader's answer to a forwarded request.
@@ -62,6 +71,11 @@ pub enum ForwardReply {
     MembershipChanged {
         /// Log index of the membership entry.
         index: u64,
+    },
+    /// The heartbeat was recorded by the leader.
+    HeartbeatAccepted {
+        /// The endpoint's TTL in milliseconds.
+        ttl_ms: u64,
     },
 }
 
@@ -85,6 +99,9 @@ pub enum ConsensusError {
     /// The node is shutting down or its Raft core stopped.
     #[error("node is shutting down: {0}")]
     ShuttingDown(String),
+    /// The request names an object that does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
     /// A forwarded write got no answer: it may or may not have been applied.
     #[error("outcome unknown: {0}")]
     Ambiguous(String),

@@ -408,7 +408,10 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
             codec::encode(&meta.last_membership).map_err(enc)?,
         );
         batch.insert(KEY_REVISION, codec::encode(&state.revision).map_err(enc)?);
-        batch.insert(KEY_PROBER_TERM, codec::encode(&state.prober_term).map_err(enc)?);
+        batch.insert(
+            KEY_PROBER_TERM,
+            codec::encode(&state.prober_term).map_err(enc)?,
+        );
         self.tree
             .apply_batch(batch)
             .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;

@@ -169,14 +169,19 @@ fn apply_inner(
                     Some(e) => value.health = e.value.health.clone(),
                     None => {
                         let initial = state
-                            .config(ConfigKind::HealthCheck, &endpoint.namespace, &endpoint.service)
+                            .config(
+                                ConfigKind::HealthCheck,
+                                &endpoint.namespace,
+                                &endpoint.service,
+                            )
                             .and_then(|c| match &c.stored.value {
                                 ConfigSpec::HealthCheck(h) => h.initial_status,
                                 _ => None,
                             });
                         if let Some(status) = initial {
                             value.health.status = status;
-                            value.health.reason = "initial status from the health check".to_string();
+                            value.health.reason =
+                                "initial status from the health check".to_string();
                         }
                     }
                 }
@@ -558,8 +563,12 @@ mod tests {
     #[test]
     fn health_from_a_deposed_prober_never_lands() {
         let mut state = with_endpoint();
-        apply_command(&mut state, 3, &Command::ClaimProber { term: 2 }).0.unwrap();
-        apply_command(&mut state, 4, &Command::ClaimProber { term: 3 }).0.unwrap();
+        apply_command(&mut state, 3, &Command::ClaimProber { term: 2 })
+            .0
+            .unwrap();
+        apply_command(&mut state, 4, &Command::ClaimProber { term: 3 })
+            .0
+            .unwrap();
         // The term-2 leader's results arrive after term 3 claimed probing: refused.
         let (result, changes) = apply_command(
             &mut state,
@@ -572,9 +581,21 @@ mod tests {
         );
         assert!(matches!(result, Err(ApplyError::FailedPrecondition(_))));
         assert!(changes.is_empty());
-        assert_eq!(state.endpoint("default", "web", "a").unwrap().value.health.status, HealthStatus::Unknown);
+        assert_eq!(
+            state
+                .endpoint("default", "web", "a")
+                .unwrap()
+                .value
+                .health
+                .status,
+            HealthStatus::Unknown
+        );
         // An older claim cannot take probing back either.
-        assert!(apply_command(&mut state, 6, &Command::ClaimProber { term: 2 }).0.is_err());
+        assert!(
+            apply_command(&mut state, 6, &Command::ClaimProber { term: 2 })
+                .0
+                .is_err()
+        );
         // The current prober's results land, and bump the endpoint's revision.
         let (result, changes) = apply_command(
             &mut state,
@@ -585,16 +606,31 @@ mod tests {
                 removals: vec![],
             },
         );
-        assert!(matches!(result, Ok(Applied::Health { transitions: 1, removals: 0 })));
+        assert!(matches!(
+            result,
+            Ok(Applied::Health {
+                transitions: 1,
+                removals: 0
+            })
+        ));
         assert_eq!(changes.len(), 1);
         let e = state.endpoint("default", "web", "a").unwrap();
-        assert_eq!((e.value.health.status, e.value.health.since_ms, e.mod_revision), (HealthStatus::Unhealthy, 100, 7));
+        assert_eq!(
+            (
+                e.value.health.status,
+                e.value.health.since_ms,
+                e.mod_revision
+            ),
+            (HealthStatus::Unhealthy, 100, 7)
+        );
     }
 
     #[test]
     fn a_removal_is_skipped_when_the_endpoint_recovered_meanwhile() {
         let mut state = with_endpoint();
-        apply_command(&mut state, 3, &Command::ClaimProber { term: 1 }).0.unwrap();
+        apply_command(&mut state, 3, &Command::ClaimProber { term: 1 })
+            .0
+            .unwrap();
         let health = |state: &mut RegistryState, index, status, at| {
             apply_command(
                 state,
@@ -648,7 +684,9 @@ mod tests {
     #[test]
     fn re_registration_keeps_health_unless_the_client_sets_it() {
         let mut state = with_endpoint();
-        apply_command(&mut state, 3, &Command::ClaimProber { term: 1 }).0.unwrap();
+        apply_command(&mut state, 3, &Command::ClaimProber { term: 1 })
+            .0
+            .unwrap();
         apply_command(
             &mut state,
             4,
@@ -674,7 +712,9 @@ mod tests {
         .0
         .unwrap();
         let e = state.endpoint("default", "web", "a").unwrap();
-        assert_eq!((e.value.port, e.value.health.status), (9999, HealthStatus::Healthy));
+        assert_eq!(
+            (e.value.port, e.value.health.status),
+            (9999, HealthStatus::Healthy)
+        );
     }
-
 }

@@ -51,6 +51,20 @@ pub struct Metrics {
     pub watch_history_bytes: IntGauge,
     /// Oldest revision a watch can start from.
     pub watch_history_oldest: IntGauge,
+    /// Health probes by kind and result.
+    pub health_probes: IntCounterVec,
+    /// Health probe latency by kind.
+    pub health_probe_duration: HistogramVec,
+    /// How late probes start relative to their schedule.
+    pub health_schedule_lag: prometheus::Histogram,
+    /// Health transitions committed by this node's prober, by new status.
+    pub health_transitions: IntCounterVec,
+    /// 1 while this node runs the prober (only the leader does).
+    pub health_prober_active: IntGauge,
+    /// Endpoints the prober watches.
+    pub health_targets: IntGauge,
+    /// Health batches refused because a newer prober had claimed probing.
+    pub health_stale_batches: IntCounter,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -117,7 +131,72 @@ impl Metrics {
         registry
             .register(Box::new(watch_cancellations.clone()))
             .expect("unique metric");
+        let health_probes = IntCounterVec::new(
+            Opts::new("health_probes_total", "Health probes by kind and result"),
+            &["kind", "result"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(health_probes.clone()))
+            .expect("unique metric");
+        let health_probe_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "health_probe_duration_seconds",
+                "Health probe latency by kind",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(health_probe_duration.clone()))
+            .expect("unique metric");
+        let health_schedule_lag = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "health_schedule_lag_seconds",
+                "How late health probes start",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(health_schedule_lag.clone()))
+            .expect("unique metric");
+        let health_transitions = IntCounterVec::new(
+            Opts::new(
+                "health_transitions_total",
+                "Health transitions committed by this node's prober",
+            ),
+            &["status"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(health_transitions.clone()))
+            .expect("unique metric");
         Self {
+            health_probes,
+            health_probe_duration,
+            health_schedule_lag,
+            health_transitions,
+            health_prober_active: gauge(
+                &registry,
+                "health_prober_active",
+                "1 while this node runs the health prober",
+            ),
+            health_targets: gauge(
+                &registry,
+                "health_targets",
+                "Endpoints the health prober watches",
+            ),
+            health_stale_batches: counter(
+                &registry,
+                "health_stale_batches_total",
+                "Health batches refused because a newer prober claimed probing",
+            ),
             watch_active: gauge(&registry, "watch_active", "Watch streams open on this node"),
             watch_events_sent: counter(
                 &registry,
