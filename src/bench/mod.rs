@@ -3,6 +3,7 @@
 //! never pass or fail on timing.
 
 pub mod cluster;
+pub mod health;
 pub mod watch;
 
 use clap::{Args, Subcommand};
@@ -13,6 +14,8 @@ use serde::Serialize;
 pub enum BenchCommand {
     /// Watch delivery latency: from a write's acknowledgement to its delivery at every watcher.
     Watch(watch::WatchBenchArgs),
+    /// Health probing at scale: schedule lag, CPU and RSS of the probing leader.
+    Health(health::HealthBenchArgs),
 }
 
 /// Flags shared by every suite.
@@ -64,6 +67,7 @@ pub fn micros_histogram() -> hdrhistogram::Histogram<u64> {
 pub async fn run(command: &BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Watch(args) => watch::run(args).await,
+        BenchCommand::Health(args) => health::run(args).await,
     }
 }
 
