@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/bowline/v1/bowline.proto",
         "proto/bowline/v1/watch.proto",
+        "proto/bowline/v1/proxy.proto",
         "proto/bowline/v1/peer.proto",
     ];
     for proto in protos {

@@ -19,6 +19,7 @@ use crate::proto::peer::raft_peer_server::RaftPeerServer;
 use crate::proto::peer::NodeInfoResponse;
 use crate::proto::v1::cluster_server::ClusterServer;
 use crate::proto::v1::config_server::ConfigServer;
+use crate::proto::v1::proxies_server::ProxiesServer;
 use crate::proto::v1::registry_server::RegistryServer;
 use crate::proto::watch_wire::watch_server::WatchServer;
 use crate::raft::consensus::Consensus;
@@ -28,6 +29,7 @@ use crate::raft::peer_server::PeerService;
 use crate::raft::state_machine::{AppliedState, SledStateMachine};
 use crate::raft::{NodeAddr, NodeId, Raft};
 use crate::telemetry::Metrics;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
 /// Whether this node bootstraps a new cluster or joins an existing one (etcd's
 /// `--initial-cluster-state`).
@@ -94,6 +96,8 @@ pub struct NodeConfig {
     pub watch: crate::watch::HubConfig,
     /// How often an idle watch gets a progress notice, unless it asks otherwise.
     pub watch_progress: Duration,
+    /// How long xDS waits after a change for more before pushing.
+    pub xds_debounce: Duration,
 }
 
 /// A running node's handles, for in-process tests and the admin server.
@@ -302,6 +306,14 @@ pub async fn run_node(
             stopped(stop_rx.clone()),
         );
 
+    let ads = crate::xds::ads::AdsServer {
+        cache: crate::xds::cache::SnapshotCache::new(applied.clone(), metrics.clone()),
+        applied: applied.clone(),
+        registry: Arc::new(crate::xds::registry::ProxyRegistry::default()),
+        metrics: metrics.clone(),
+        debounce: config.xds_debounce,
+        node_id: config.id,
+    };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let client_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -319,6 +331,15 @@ pub async fn run_node(
             ClusterServer::new(api::cluster::ClusterService { ctx: ctx.clone() })
                 .max_decoding_message_size(api::MAX_REQUEST_BYTES),
         )
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(ads.clone())
+                .max_decoding_message_size(api::MAX_REQUEST_BYTES)
+                .max_encoding_message_size(64 << 20),
+        )
+        .add_service(ProxiesServer::new(api::proxies::ProxiesService {
+            ctx: ctx.clone(),
+            registry: ads.registry.clone(),
+        }))
         .add_service(
             WatchServer::new(api::watch::WatchService {
                 ctx: ctx.clone(),

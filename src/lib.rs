@@ -34,3 +34,4 @@ pub mod raft;
 pub mod store;
 pub mod telemetry;
 pub mod watch;
+pub mod xds;

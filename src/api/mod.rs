@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod proxies;
 pub mod registry;
 pub mod watch;
 

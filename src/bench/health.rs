@@ -56,12 +56,16 @@ pub struct HealthBenchResult {
 
 async fn serve_ok(listener: tokio::net::TcpListener) {
     loop {
-        let Ok((mut socket, _)) = listener.accept().await else { return };
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut pending = Vec::new();
             loop {
-                let Ok(n) = socket.read(&mut buf).await else { return };
+                let Ok(n) = socket.read(&mut buf).await else {
+                    return;
+                };
                 if n == 0 {
                     return;
                 }
@@ -93,7 +97,11 @@ fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
         .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             let count = l.rsplit(' ').next()?.parse().ok()?;
             Some((le, count))
         })
@@ -105,7 +113,15 @@ fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
 fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
     let deltas: Vec<(f64, f64)> = after
         .iter()
-        .map(|(le, c)| (*le, c - before.iter().find(|(l, _)| l == le).map_or(0.0, |(_, b)| *b)))
+        .map(|(le, c)| {
+            (
+                *le,
+                c - before
+                    .iter()
+                    .find(|(l, _)| l == le)
+                    .map_or(0.0, |(_, b)| *b),
+            )
+        })
         .collect();
     let total = deltas.last().map_or(0.0, |(_, c)| *c);
     if total == 0.0 {
@@ -119,9 +135,20 @@ fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
 
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks / hz.max(1.0)
@@ -141,11 +168,20 @@ pub async fn run(args: &HealthBenchArgs) -> anyhow::Result<()> {
     if !args.common.bench_endpoints.is_empty() {
         anyhow::bail!("bench health measures the leader process, so it starts its own cluster; drop --bench-endpoints");
     }
-    let targets = if args.common.quick { args.targets.min(500) } else { args.targets };
-    let seconds = if args.common.quick { args.seconds.min(5) } else { args.seconds };
+    let targets = if args.common.quick {
+        args.targets.min(500)
+    } else {
+        args.targets
+    };
+    let seconds = if args.common.quick {
+        args.seconds.min(5)
+    } else {
+        args.seconds
+    };
     eprintln!("starting a local three-node cluster …");
     let cluster = LocalCluster::start(3, &[]).await?;
-    let client = Client::new(&cluster.client_addrs, ClientOptions::default()).map_err(anyhow::Error::msg)?;
+    let client =
+        Client::new(&cluster.client_addrs, ClientOptions::default()).map_err(anyhow::Error::msg)?;
 
     let mut ports = Vec::new();
     for _ in 0..args.listeners.max(1) {
@@ -237,7 +273,10 @@ pub async fn run(args: &HealthBenchArgs) -> anyhow::Result<()> {
     // been scheduled once.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let text = crate::cli::http_get(&admin, "/metrics").await.map(|(_, b)| b).unwrap_or_default();
+        let text = crate::cli::http_get(&admin, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default();
         if metric_sum(&text, "bowline_health_targets", "") as usize >= targets {
             break;
         }
@@ -249,11 +288,17 @@ pub async fn run(args: &HealthBenchArgs) -> anyhow::Result<()> {
     tokio::time::sleep(args.interval.as_std() * 2).await;
 
     eprintln!("measuring for {seconds} s …");
-    let before = crate::cli::http_get(&admin, "/metrics").await.map(|(_, b)| b).unwrap_or_default();
+    let before = crate::cli::http_get(&admin, "/metrics")
+        .await
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let after = crate::cli::http_get(&admin, "/metrics").await.map(|(_, b)| b).unwrap_or_default();
+    let after = crate::cli::http_get(&admin, "/metrics")
+        .await
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = (cpu_seconds(pid) - cpu_before) / elapsed;
     let probes = metric_sum(&after, "bowline_health_probes_total", "kind=\"http\"")

@@ -4,6 +4,7 @@ mod cluster;
 mod dev;
 mod endpoint;
 mod output;
+mod proxy;
 mod resources;
 mod serve;
 mod watch;
@@ -97,6 +98,9 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Follow changes, one line per event (JSON lines with -o json); resumes across node failures.
     Watch(watch::WatchArgs),
+    /// Envoy and proxyless gRPC: bootstrap files and connection status.
+    #[command(subcommand)]
+    Proxy(proxy::ProxyCommand),
     /// Benchmarks (start a local cluster unless given --bench-endpoints).
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -147,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(ref cmd) => cluster::run(&client(&cli)?, cmd).await,
         Command::Watch(ref args) => watch::run(&client(&cli)?, args).await,
         Command::Bench(ref cmd) => crate::bench::run(cmd).await,
+        Command::Proxy(ref cmd) => proxy::run(&client(&cli)?, cmd).await,
     }
 }
 

@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// Progress notice interval for idle watches, in milliseconds. [default: 5000]
     #[arg(long, env = "BOWLINE_WATCH_PROGRESS_MS")]
     pub watch_progress_ms: Option<u64>,
+    /// xDS push debounce: wait this long after a change for more, in milliseconds. [default: 20]
+    #[arg(long, env = "BOWLINE_XDS_DEBOUNCE_MS")]
+    pub xds_debounce_ms: Option<u64>,
 }
 
 /// The config file: the same settings as the flags.
@@ -95,6 +98,7 @@ struct ServeFile {
     watch_queue: Option<usize>,
     max_watchers: Option<usize>,
     watch_progress_ms: Option<u64>,
+    xds_debounce_ms: Option<u64>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -239,7 +243,14 @@ impl ServeArgs {
                 .unwrap_or(5000)
                 .max(100),
         );
+        let xds_debounce = Duration::from_millis(
+            self.xds_debounce_ms
+                .or(file.xds_debounce_ms)
+                .unwrap_or(20)
+                .min(10_000),
+        );
         Ok(NodeConfig {
+            xds_debounce,
             watch,
             watch_progress,
             id,

@@ -65,6 +65,18 @@ pub struct Metrics {
     pub health_targets: IntGauge,
     /// Health batches refused because a newer prober had claimed probing.
     pub health_stale_batches: IntCounter,
+    /// xDS streams open, by protocol variant (sotw, delta).
+    pub xds_streams: prometheus::IntGaugeVec,
+    /// xDS responses sent, by type.
+    pub xds_pushes: IntCounterVec,
+    /// NACKs received, by type.
+    pub xds_nacks: IntCounterVec,
+    /// Time from a state change (revision applied here) to a response carrying it.
+    pub xds_push_latency: prometheus::Histogram,
+    /// Time from sending a response to its ACK.
+    pub xds_ack_latency: prometheus::Histogram,
+    /// Snapshots that failed translation or the consistency check.
+    pub xds_build_errors: IntCounter,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -177,7 +189,63 @@ impl Metrics {
         registry
             .register(Box::new(health_transitions.clone()))
             .expect("unique metric");
+        let xds_streams = prometheus::IntGaugeVec::new(
+            Opts::new("xds_streams", "xDS streams open, by protocol variant"),
+            &["stream"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(xds_streams.clone()))
+            .expect("unique metric");
+        let xds_pushes = IntCounterVec::new(
+            Opts::new("xds_pushes_total", "xDS responses sent, by type"),
+            &["type"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(xds_pushes.clone()))
+            .expect("unique metric");
+        let xds_nacks = IntCounterVec::new(
+            Opts::new("xds_nacks_total", "xDS NACKs received, by type"),
+            &["type"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(xds_nacks.clone()))
+            .expect("unique metric");
+        let latency_buckets = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        let xds_push_latency = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "xds_push_latency_seconds",
+                "State change to xDS response sent",
+            )
+            .buckets(latency_buckets.clone()),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(xds_push_latency.clone()))
+            .expect("unique metric");
+        let xds_ack_latency = prometheus::Histogram::with_opts(
+            HistogramOpts::new("xds_ack_latency_seconds", "xDS response sent to its ACK")
+                .buckets(latency_buckets),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(xds_ack_latency.clone()))
+            .expect("unique metric");
         Self {
+            xds_streams,
+            xds_pushes,
+            xds_nacks,
+            xds_push_latency,
+            xds_ack_latency,
+            xds_build_errors: counter(
+                &registry,
+                "xds_build_errors_total",
+                "xDS snapshots that failed translation or the consistency check",
+            ),
             health_probes,
             health_probe_duration,
             health_schedule_lag,

@@ -1,0 +1,679 @@
+//! The ADS server (xDS v3), state-of-the-world and delta, served by every node from its
+//! own applied state.
+//!
+//! Per stream and type it tracks what the proxy subscribed to, what was sent (version,
+//! nonce) and what it ACKed or NACKed. Versions derive from the store revision, which is
+//! the same on every node, so a proxy that reconnects elsewhere is not re-pushed what it
+//! has. Pushes follow the state after a short debounce, in CDS, EDS, LDS, RDS order; a
+//! cluster or assignment that disappears is kept until the proxy has ACKed the listeners
+//! and routes that stop using it (make-before-break). A NACK leaves the proxy on its last
+//! good config; the same content is not re-sent.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::cache::{Built, SnapshotCache};
+use super::identity::identity;
+use super::registry::{ProxyRecord, ProxyRegistry};
+use super::translate::{ProxyIdentity, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use super::{short_type, PUSH_ORDER};
+use crate::raft::state_machine::AppliedState;
+use crate::telemetry::Metrics;
+
+/// Shared by every stream on a node.
+#[derive(Clone)]
+pub struct AdsServer {
+    /// Snapshots per identity.
+    pub cache: SnapshotCache,
+    /// Revision notifications.
+    pub applied: AppliedState,
+    /// Connected proxies.
+    pub registry: Arc<ProxyRegistry>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// How long to wait after a change for more changes before pushing.
+    pub debounce: Duration,
+    /// This node's id (for status).
+    pub node_id: u64,
+}
+
+fn resource_version(any: &Any) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    any.type_url.hash(&mut h);
+    any.value.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+fn is_wildcard_type(type_url: &str) -> bool {
+    type_url == CLUSTER_TYPE || type_url == LISTENER_TYPE
+}
+
+/// What one stream knows about one type.
+#[derive(Debug, Default)]
+struct TypeState {
+    /// Subscribed names; ignored when `wildcard`.
+    names: BTreeSet<String>,
+    /// Everything of the type.
+    wildcard: bool,
+    /// Version and nonce of the last response.
+    sent_version: String,
+    sent_nonce: String,
+    /// When the last response was sent (for ACK latency).
+    sent_at: Option<Instant>,
+    /// Name → version of what the proxy has (as far as we know).
+    sent: BTreeMap<String, String>,
+    /// The proxy ACKed the last response.
+    acked: bool,
+    /// Kept past their removal from the state until listeners and routes are ACKed.
+    retained: BTreeMap<String, Any>,
+}
+
+impl TypeState {
+    fn selected(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// Per-stream state, shared by both protocol variants.
+struct Session {
+    server: AdsServer,
+    stream_id: u64,
+    identity: Option<ProxyIdentity>,
+    types: HashMap<String, TypeState>,
+    built: Option<Built>,
+    nonce: u64,
+    /// When the state changed and a push is due (debounced).
+    dirty_since: Option<Instant>,
+    /// Revision applied → when we noticed (for push latency).
+    changed_at: Option<Instant>,
+}
+
+impl Session {
+    fn new(server: AdsServer, stream: &'static str) -> Self {
+        let stream_id = server.registry.open(ProxyRecord {
+            stream,
+            connected_at_ms: crate::api::now_ms(),
+            ..Default::default()
+        });
+        server
+            .metrics
+            .xds_streams
+            .with_label_values(&[stream])
+            .inc();
+        Self {
+            server,
+            stream_id,
+            identity: None,
+            types: HashMap::new(),
+            built: None,
+            nonce: 0,
+            dirty_since: None,
+            changed_at: None,
+        }
+    }
+
+    fn set_node(
+        &mut self,
+        node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+    ) -> Result<(), Status> {
+        if self.identity.is_some() {
+            return Ok(());
+        }
+        let node = node.ok_or_else(|| {
+            Status::invalid_argument("node: required on the first request of a stream")
+        })?;
+        let id = identity(node).map_err(Status::invalid_argument)?;
+        self.server.registry.update(self.stream_id, |r| {
+            r.node_id = node.id.clone();
+            r.cluster = node.cluster.clone();
+        });
+        self.identity = Some(id);
+        self.refresh()?;
+        Ok(())
+    }
+
+    fn refresh(&mut self) -> Result<(), Status> {
+        let Some(identity) = &self.identity else {
+            return Ok(());
+        };
+        let built = self
+            .server
+            .cache
+            .get(identity)
+            .map_err(Status::failed_precondition)?;
+        self.built = Some(built);
+        Ok(())
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        self.nonce.to_string()
+    }
+
+    fn version(&self) -> String {
+        self.built.as_ref().map_or(0, |b| b.revision).to_string()
+    }
+
+    /// Resources of `type_url` the proxy should have now: the selected ones from the
+    /// snapshot, plus retained ones.
+    fn desired(&self, type_url: &str) -> BTreeMap<String, Any> {
+        let Some(ts) = self.types.get(type_url) else {
+            return BTreeMap::new();
+        };
+        let mut out: BTreeMap<String, Any> = self
+            .built
+            .as_ref()
+            .and_then(|b| b.snapshot.of_type(type_url))
+            .map(|all| {
+                all.iter()
+                    .filter(|(name, _)| ts.selected(name))
+                    .map(|(n, a)| (n.clone(), a.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (name, any) in &ts.retained {
+            out.entry(name.clone()).or_insert_with(|| any.clone());
+        }
+        out
+    }
+
+    /// Before pushing a new snapshot: clusters and assignments the proxy has that the new
+    /// state drops are retained until listeners and routes catch up.
+    fn retain_removed(&mut self, previous: Option<&Built>) {
+        let Some(previous) = previous else { return };
+        for type_url in [CLUSTER_TYPE, ENDPOINT_TYPE] {
+            let current: BTreeSet<String> = self
+                .built
+                .as_ref()
+                .and_then(|b| b.snapshot.of_type(type_url))
+                .map(|r| r.keys().cloned().collect())
+                .unwrap_or_default();
+            let Some(old) = previous.snapshot.of_type(type_url) else {
+                continue;
+            };
+            let Some(ts) = self.types.get_mut(type_url) else {
+                continue;
+            };
+            for name in ts.sent.keys() {
+                if !current.contains(name) {
+                    if let Some(any) = old.get(name) {
+                        ts.retained.insert(name.clone(), any.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Retained resources can go once listeners and routes are ACKed.
+    fn release_retained(&mut self) -> bool {
+        let settled = [LISTENER_TYPE, ROUTE_TYPE].iter().all(|t| {
+            self.types
+                .get(*t)
+                .is_none_or(|ts| ts.acked || ts.sent_nonce.is_empty())
+        });
+        let mut released = false;
+        if settled {
+            for type_url in [CLUSTER_TYPE, ENDPOINT_TYPE] {
+                if let Some(ts) = self.types.get_mut(type_url) {
+                    if !ts.retained.is_empty() {
+                        ts.retained.clear();
+                        released = true;
+                    }
+                }
+            }
+        }
+        released
+    }
+
+    fn record_sent(&mut self, type_url: &str, version: &str, nonce: &str, count: usize) {
+        let short = short_type(type_url);
+        self.server
+            .metrics
+            .xds_pushes
+            .with_label_values(&[short])
+            .inc();
+        if let Some(at) = self.changed_at {
+            self.server
+                .metrics
+                .xds_push_latency
+                .observe(at.elapsed().as_secs_f64());
+        }
+        let (version, nonce) = (version.to_string(), nonce.to_string());
+        self.server.registry.update(self.stream_id, |r| {
+            let t = r.types.entry(short).or_default();
+            t.sent_version = version;
+            t.resources = count as u32;
+            let _ = nonce;
+        });
+    }
+
+    /// Handles ACK/NACK bookkeeping of a request; returns false for a stale nonce.
+    fn on_reply(
+        &mut self,
+        type_url: &str,
+        nonce: &str,
+        version: &str,
+        error: Option<String>,
+    ) -> bool {
+        let short = short_type(type_url);
+        let Some(ts) = self.types.get_mut(type_url) else {
+            return true;
+        };
+        if !nonce.is_empty() && nonce != ts.sent_nonce {
+            // Normal in operation (a reply to an older response): ignore it.
+            return false;
+        }
+        if nonce.is_empty() {
+            return true;
+        }
+        let registry = self.server.registry.clone();
+        match error {
+            Some(message) => {
+                ts.acked = false;
+                self.server
+                    .metrics
+                    .xds_nacks
+                    .with_label_values(&[short])
+                    .inc();
+                tracing::warn!(r#type = short, %message, "proxy rejected an xDS response; it keeps its last good config");
+                registry.update(self.stream_id, |r| {
+                    r.types.entry(short).or_default().last_nack = message
+                });
+            }
+            None => {
+                ts.acked = true;
+                if let Some(at) = ts.sent_at.take() {
+                    self.server
+                        .metrics
+                        .xds_ack_latency
+                        .observe(at.elapsed().as_secs_f64());
+                }
+                let version = version.to_string();
+                registry.update(self.stream_id, |r| {
+                    r.types.entry(short).or_default().acked_version = version
+                });
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.server.registry.close(self.stream_id);
+    }
+}
+
+// ---------------------------------------------------------------- state of the world
+
+impl Session {
+    /// Sends the type if what the proxy should have differs from what it was sent.
+    async fn push_sotw(
+        &mut self,
+        type_url: &str,
+        force: bool,
+        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> Result<(), ()> {
+        let desired = self.desired(type_url);
+        let Some(ts) = self.types.get(type_url) else {
+            return Ok(());
+        };
+        let versions: BTreeMap<String, String> = desired
+            .iter()
+            .map(|(n, a)| (n.clone(), resource_version(a)))
+            .collect();
+        if !force && versions == ts.sent && !ts.sent_nonce.is_empty() {
+            return Ok(());
+        }
+        let version = self.version();
+        let nonce = self.next_nonce();
+        let count = desired.len();
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: desired.into_values().collect(),
+            type_url: type_url.to_string(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        if tx.send(Ok(response)).await.is_err() {
+            return Err(());
+        }
+        let ts = self.types.get_mut(type_url).expect("checked above");
+        ts.sent = versions;
+        ts.sent_version = version.clone();
+        ts.sent_nonce = nonce.clone();
+        ts.sent_at = Some(Instant::now());
+        ts.acked = false;
+        self.record_sent(type_url, &version, &nonce, count);
+        Ok(())
+    }
+
+    async fn on_sotw_request(
+        &mut self,
+        r: DiscoveryRequest,
+        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> Result<(), Status> {
+        self.set_node(r.node.as_ref())?;
+        if !PUSH_ORDER.contains(&r.type_url.as_str()) {
+            return Ok(()); // a type we do not serve: leave the proxy waiting on it
+        }
+        let first = !self.types.contains_key(&r.type_url);
+        let error = r.error_detail.as_ref().map(|e| e.message.clone());
+        self.types.entry(r.type_url.clone()).or_default();
+        if !self.on_reply(
+            &r.type_url,
+            &r.response_nonce,
+            &r.version_info,
+            error.clone(),
+        ) {
+            return Ok(());
+        }
+        let names: BTreeSet<String> = r.resource_names.iter().cloned().collect();
+        let ts = self.types.get_mut(&r.type_url).expect("inserted above");
+        let wildcard = is_wildcard_type(&r.type_url) && (names.is_empty() || names.contains("*"));
+        let changed = first || ts.names != names || ts.wildcard != wildcard;
+        ts.names = names;
+        ts.wildcard = wildcard;
+        if error.is_some() {
+            return Ok(()); // a NACK: never re-send the same content in a loop
+        }
+        if first && !r.version_info.is_empty() && r.version_info == self.version() {
+            // Reconnected at the same revision (versions are the same on every node): the
+            // proxy already has exactly this; remember it instead of re-pushing.
+            let desired = self.desired(&r.type_url);
+            let ts = self.types.get_mut(&r.type_url).expect("inserted above");
+            ts.sent = desired
+                .iter()
+                .map(|(n, a)| (n.clone(), resource_version(a)))
+                .collect();
+            ts.sent_version = r.version_info.clone();
+            ts.acked = true;
+            return Ok(());
+        }
+        if changed {
+            self.push_sotw(&r.type_url, true, tx)
+                .await
+                .map_err(|_| Status::cancelled("stream closed"))?;
+        }
+        if self.release_retained() {
+            for t in [CLUSTER_TYPE, ENDPOINT_TYPE] {
+                self.push_sotw(t, false, tx)
+                    .await
+                    .map_err(|_| Status::cancelled("stream closed"))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_state_change_sotw(
+        &mut self,
+        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> Result<(), ()> {
+        let previous = self.built.clone();
+        if self.refresh().is_err() {
+            return Ok(());
+        }
+        if previous.as_ref().map(|b| b.revision) == self.built.as_ref().map(|b| b.revision) {
+            return Ok(());
+        }
+        self.retain_removed(previous.as_ref());
+        for type_url in PUSH_ORDER {
+            self.push_sotw(type_url, false, tx).await?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- delta
+
+impl Session {
+    async fn push_delta(
+        &mut self,
+        type_url: &str,
+        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> Result<(), ()> {
+        let desired = self.desired(type_url);
+        let Some(ts) = self.types.get(type_url) else {
+            return Ok(());
+        };
+        let mut resources = Vec::new();
+        let mut versions = BTreeMap::new();
+        for (name, any) in &desired {
+            let version = resource_version(any);
+            if ts.sent.get(name) != Some(&version) {
+                resources.push(Resource {
+                    name: name.clone(),
+                    version: version.clone(),
+                    resource: Some(any.clone()),
+                    ..Default::default()
+                });
+            }
+            versions.insert(name.clone(), version);
+        }
+        let removed: Vec<String> = ts
+            .sent
+            .keys()
+            .filter(|n| !desired.contains_key(*n))
+            .cloned()
+            .collect();
+        if resources.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
+        let nonce = self.next_nonce();
+        let version = self.version();
+        let count = desired.len();
+        let response = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            resources,
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        if tx.send(Ok(response)).await.is_err() {
+            return Err(());
+        }
+        let ts = self.types.get_mut(type_url).expect("checked above");
+        ts.sent = versions;
+        ts.sent_version = version.clone();
+        ts.sent_nonce = nonce.clone();
+        ts.sent_at = Some(Instant::now());
+        ts.acked = false;
+        self.record_sent(type_url, &version, &nonce, count);
+        Ok(())
+    }
+
+    async fn on_delta_request(
+        &mut self,
+        r: DeltaDiscoveryRequest,
+        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> Result<(), Status> {
+        self.set_node(r.node.as_ref())?;
+        if !PUSH_ORDER.contains(&r.type_url.as_str()) {
+            return Ok(());
+        }
+        let first = !self.types.contains_key(&r.type_url);
+        let error = r.error_detail.as_ref().map(|e| e.message.clone());
+        self.types.entry(r.type_url.clone()).or_default();
+        if !self.on_reply(&r.type_url, &r.response_nonce, "", error.clone()) {
+            return Ok(());
+        }
+        let ts = self.types.get_mut(&r.type_url).expect("inserted above");
+        if first {
+            // An empty first subscription (or "*") on CDS/LDS means everything.
+            ts.wildcard = is_wildcard_type(&r.type_url)
+                && (r.resource_names_subscribe.is_empty()
+                    || r.resource_names_subscribe.iter().any(|n| n == "*"));
+            // After a reconnect the proxy says what it has: nothing it has is re-sent.
+            ts.sent = r.initial_resource_versions.clone().into_iter().collect();
+        }
+        for name in &r.resource_names_subscribe {
+            if name != "*" {
+                ts.names.insert(name.clone());
+            }
+        }
+        for name in &r.resource_names_unsubscribe {
+            if name == "*" {
+                ts.wildcard = false;
+            }
+            ts.names.remove(name);
+            ts.sent.remove(name);
+        }
+        if error.is_some() {
+            return Ok(());
+        }
+        self.push_delta(&r.type_url, tx)
+            .await
+            .map_err(|_| Status::cancelled("stream closed"))?;
+        if self.release_retained() {
+            for t in [CLUSTER_TYPE, ENDPOINT_TYPE] {
+                self.push_delta(t, tx)
+                    .await
+                    .map_err(|_| Status::cancelled("stream closed"))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_state_change_delta(
+        &mut self,
+        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> Result<(), ()> {
+        let previous = self.built.clone();
+        if self.refresh().is_err() {
+            return Ok(());
+        }
+        if previous.as_ref().map(|b| b.revision) == self.built.as_ref().map(|b| b.revision) {
+            return Ok(());
+        }
+        self.retain_removed(previous.as_ref());
+        for type_url in PUSH_ORDER {
+            self.push_delta(type_url, tx).await?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- stream loops
+
+type SotwStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+/// Responses buffered per stream; a proxy that stops reading stalls only its own stream.
+const STREAM_BUFFER: usize = 16;
+
+impl AdsServer {
+    fn debounce_deadline(&self, session: &mut Session) -> Option<Instant> {
+        session.dirty_since.map(|t| t + self.debounce)
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = SotwStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let mut requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let server = self.clone();
+        tokio::spawn(async move {
+            let mut session = Session::new(server.clone(), "sotw");
+            let mut revisions = server.applied.subscribe();
+            loop {
+                let deadline = server.debounce_deadline(&mut session);
+                tokio::select! {
+                    message = requests.message() => match message {
+                        Ok(Some(r)) => {
+                            if let Err(status) = session.on_sotw_request(r, &tx).await {
+                                let _ = tx.send(Err(status)).await;
+                                break;
+                            }
+                        }
+                        _ => break,
+                    },
+                    changed = revisions.changed() => {
+                        if changed.is_err() { break; }
+                        if session.dirty_since.is_none() {
+                            session.dirty_since = Some(Instant::now());
+                            session.changed_at = Some(Instant::now());
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if deadline.is_some() => {
+                        session.dirty_since = None;
+                        if session.on_state_change_sotw(&tx).await.is_err() { break; }
+                        session.changed_at = None;
+                    }
+                }
+            }
+            server
+                .metrics
+                .xds_streams
+                .with_label_values(&["sotw"])
+                .dec();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let mut requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let server = self.clone();
+        tokio::spawn(async move {
+            let mut session = Session::new(server.clone(), "delta");
+            let mut revisions = server.applied.subscribe();
+            loop {
+                let deadline = server.debounce_deadline(&mut session);
+                tokio::select! {
+                    message = requests.message() => match message {
+                        Ok(Some(r)) => {
+                            if let Err(status) = session.on_delta_request(r, &tx).await {
+                                let _ = tx.send(Err(status)).await;
+                                break;
+                            }
+                        }
+                        _ => break,
+                    },
+                    changed = revisions.changed() => {
+                        if changed.is_err() { break; }
+                        if session.dirty_since.is_none() {
+                            session.dirty_since = Some(Instant::now());
+                            session.changed_at = Some(Instant::now());
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if deadline.is_some() => {
+                        session.dirty_since = None;
+                        if session.on_state_change_delta(&tx).await.is_err() { break; }
+                        session.changed_at = None;
+                    }
+                }
+            }
+            server
+                .metrics
+                .xds_streams
+                .with_label_values(&["delta"])
+                .dec();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
