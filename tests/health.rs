@@ -537,6 +537,8 @@ async fn panic_mode_and_degraded_dependencies_show_in_service_status() {
     add_endpoint(&client, "web", "web-b", down.port, 0).await;
     add_endpoint(&client, "web", "web-c", down.port, 0).await;
     add_endpoint(&client, "db", "db-a", down.port, 0).await;
+    wait_status_everywhere(&mut cluster, "web", "web-a", "healthy").await;
+    wait_status_everywhere(&mut cluster, "web", "web-b", "unhealthy").await;
     wait_status_everywhere(&mut cluster, "web", "web-c", "unhealthy").await;
     wait_status_everywhere(&mut cluster, "db", "db-a", "unhealthy").await;
 
@@ -583,6 +585,7 @@ async fn panic_mode_and_degraded_dependencies_show_in_service_status() {
     // Recovery clears both.
     down.set(200);
     wait_status_everywhere(&mut cluster, "db", "db-a", "healthy").await;
+    wait_status_everywhere(&mut cluster, "web", "web-b", "healthy").await;
     wait_status_everywhere(&mut cluster, "web", "web-c", "healthy").await;
     let s = status(client.clone()).await;
     assert!(!s.panic && !s.degraded, "{s:?}");
