@@ -269,29 +269,52 @@ async fn envoy_follows_weighted_splits_endpoint_changes_and_policies() {
         dump.contains("\"max_connections\": 100"),
         "circuit breaker missing"
     );
-    // ...and behave: a failing v2b backend is retried onto a healthy one (v2b is the only
-    // v2 endpoint, so the retry goes to it again; use a 100% v1 split with a failing v1
-    // replica instead).
-    apply(&client, &split(100, 0).replace("weight: 0", "weight: 1")).await;
+    // ...and behave: with all traffic on v1 and a second v1 replica, a replica answering
+    // 503 is retried onto the healthy one, so no request fails.
+    let v1b = Backend::start("v1b").await;
+    apply(&client, &endpoint_doc("web-v1b", v1b.port, "v1")).await;
+    apply(
+        &client,
+        &split(100, 0)
+            .replace("weight: 0", "weight: 1")
+            .replace("weight: 100", "weight: 1000"),
+    )
+    .await;
+    wait_for_split(&envoys[0], &[("v1", 0.5), ("v1b", 0.5)], 400, 0.1).await;
     v1.fail_status
         .store(503, std::sync::atomic::Ordering::Relaxed);
+    let before = v1.hits.load(std::sync::atomic::Ordering::Relaxed);
     let counts = envoys[0].distribution("web", 50);
-    assert!(
-        counts.get("status 503").copied().unwrap_or(0) < 50,
-        "retries never reached another endpoint: {counts:?}"
+    assert_eq!(
+        counts.get("v1b").copied().unwrap_or(0),
+        50,
+        "a failed attempt was not retried: {counts:?}"
     );
-    assert!(v1.hits.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(
+        v1.hits.load(std::sync::atomic::Ordering::Relaxed) > before,
+        "the failing replica was never tried"
+    );
     v1.fail_status
         .store(0, std::sync::atomic::Ordering::Relaxed);
-    // A slow backend times out (route timeout 1s) with 504.
-    v1.delay_ms
-        .store(1500, std::sync::atomic::Ordering::Relaxed);
-    v2b.delay_ms
-        .store(1500, std::sync::atomic::Ordering::Relaxed);
+    // A slow backend times out: a policy with a 500ms timeout and no retries gives 504.
+    apply(
+        &client,
+        "apiVersion: bowline/v1\nkind: TrafficPolicy\nmetadata: {name: web}\nspec:\n  routes:\n    - match: {pathPrefix: /}\n      destinations: [{subset: v1, weight: 1}]\n      timeout: 500ms\n",
+    )
+    .await;
+    Cluster::eventually("timeout policy in Envoy", || {
+        let dump = envoys[0].admin("/config_dump");
+        async move { dump.contains("\"timeout\": \"0.500s\"").then_some(()) }
+    })
+    .await;
+    for b in [&v1, &v1b, &v2b] {
+        b.delay_ms.store(1500, std::sync::atomic::Ordering::Relaxed);
+    }
     let (status, _) = envoys[0].request("web", "/").unwrap();
     assert_eq!(status, 504, "a slow backend must time out");
-    v1.delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
-    v2b.delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    for b in [&v1, &v1b, &v2b] {
+        b.delay_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
 
     // Phase 5: both proxies show up in proxy status with every type ACKed.
     let status = proxies(&cluster).await;

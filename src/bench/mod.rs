@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod health;
 pub mod watch;
+pub mod xds;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -16,6 +17,8 @@ pub enum BenchCommand {
     Watch(watch::WatchBenchArgs),
     /// Health probing at scale: schedule lag, CPU and RSS of the probing leader.
     Health(health::HealthBenchArgs),
+    /// xDS convergence: simulated ADS clients, commit → every proxy ACKed.
+    Xds(xds::XdsBenchArgs),
 }
 
 /// Flags shared by every suite.
@@ -68,6 +71,7 @@ pub async fn run(command: &BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Watch(args) => watch::run(args).await,
         BenchCommand::Health(args) => health::run(args).await,
+        BenchCommand::Xds(args) => xds::run(args).await,
     }
 }
 
