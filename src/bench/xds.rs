@@ -87,12 +87,9 @@ async fn run_delta(channel: Channel, i: usize, synced: Arc<AtomicUsize>, log: Lo
         return;
     };
     let mut stream = response.into_inner();
-    for (k, type_url) in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE]
-        .iter()
-        .enumerate()
-    {
+    // EDS subscriptions follow the clusters, as Envoy does.
+    for (k, type_url) in [CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE].iter().enumerate() {
         let subscribe = match *type_url {
-            ENDPOINT_TYPE => vec!["*".to_string()],
             ROUTE_TYPE => vec!["outbound_http".to_string()],
             _ => vec![],
         };
@@ -109,6 +106,11 @@ async fn run_delta(channel: Channel, i: usize, synced: Arc<AtomicUsize>, log: Lo
     let mut counted = false;
     while let Ok(Some(r)) = stream.message().await {
         let now = Instant::now();
+        let subscribe: Vec<String> = if r.type_url == CLUSTER_TYPE {
+            r.resources.iter().map(|res| res.name.clone()).collect()
+        } else {
+            Vec::new()
+        };
         let _ = tx
             .send(DeltaDiscoveryRequest {
                 type_url: r.type_url.clone(),
@@ -116,6 +118,15 @@ async fn run_delta(channel: Channel, i: usize, synced: Arc<AtomicUsize>, log: Lo
                 ..Default::default()
             })
             .await;
+        if !subscribe.is_empty() {
+            let _ = tx
+                .send(DeltaDiscoveryRequest {
+                    type_url: ENDPOINT_TYPE.to_string(),
+                    resource_names_subscribe: subscribe,
+                    ..Default::default()
+                })
+                .await;
+        }
         acked.insert(r.type_url.clone());
         if !counted && acked.len() == 4 {
             counted = true;

@@ -10,7 +10,6 @@
 //! good config; the same content is not re-sent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +25,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::cache::{Built, SnapshotCache};
+use super::cache::{resource_version, Built, SnapshotCache};
 use super::identity::identity;
 use super::registry::{ProxyRecord, ProxyRegistry};
 use super::translate::{ProxyIdentity, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
@@ -49,13 +48,6 @@ pub struct AdsServer {
     pub debounce: Duration,
     /// This node's id (for status).
     pub node_id: u64,
-}
-
-fn resource_version(any: &Any) -> String {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    any.type_url.hash(&mut h);
-    any.value.hash(&mut h);
-    format!("{:016x}", h.finish())
 }
 
 fn is_wildcard_type(type_url: &str) -> bool {
@@ -126,7 +118,7 @@ impl Session {
         }
     }
 
-    fn set_node(
+    async fn set_node(
         &mut self,
         node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
     ) -> Result<(), Status> {
@@ -142,11 +134,11 @@ impl Session {
             r.cluster = node.cluster.clone();
         });
         self.identity = Some(id);
-        self.refresh()?;
+        self.refresh().await?;
         Ok(())
     }
 
-    fn refresh(&mut self) -> Result<(), Status> {
+    async fn refresh(&mut self) -> Result<(), Status> {
         let Some(identity) = &self.identity else {
             return Ok(());
         };
@@ -154,6 +146,7 @@ impl Session {
             .server
             .cache
             .get(identity)
+            .await
             .map_err(Status::failed_precondition)?;
         self.built = Some(built);
         Ok(())
@@ -189,6 +182,43 @@ impl Session {
             out.entry(name.clone()).or_insert_with(|| any.clone());
         }
         out
+    }
+
+    /// Name → version of what the proxy should have (precomputed per snapshot).
+    fn desired_versions(&self, type_url: &str) -> BTreeMap<String, String> {
+        let Some(ts) = self.types.get(type_url) else {
+            return BTreeMap::new();
+        };
+        let mut out: BTreeMap<String, String> = self
+            .built
+            .as_ref()
+            .and_then(|b| b.versions.get(type_url))
+            .map(|all| {
+                all.iter()
+                    .filter(|(name, _)| ts.selected(name))
+                    .map(|(n, v)| (n.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (name, any) in &ts.retained {
+            out.entry(name.clone())
+                .or_insert_with(|| resource_version(any));
+        }
+        out
+    }
+
+    /// One resource the proxy should have, by name.
+    fn resource(&self, type_url: &str, name: &str) -> Option<Any> {
+        self.built
+            .as_ref()
+            .and_then(|b| b.snapshot.of_type(type_url))
+            .and_then(|r| r.get(name))
+            .or_else(|| {
+                self.types
+                    .get(type_url)
+                    .and_then(|ts| ts.retained.get(name))
+            })
+            .cloned()
     }
 
     /// Before pushing a new snapshot: clusters and assignments the proxy has that the new
@@ -328,17 +358,14 @@ impl Session {
         force: bool,
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> Result<(), ()> {
-        let desired = self.desired(type_url);
+        let versions = self.desired_versions(type_url);
         let Some(ts) = self.types.get(type_url) else {
             return Ok(());
         };
-        let versions: BTreeMap<String, String> = desired
-            .iter()
-            .map(|(n, a)| (n.clone(), resource_version(a)))
-            .collect();
         if !force && versions == ts.sent && !ts.sent_nonce.is_empty() {
             return Ok(());
         }
+        let desired = self.desired(type_url);
         let version = self.version();
         let nonce = self.next_nonce();
         let count = desired.len();
@@ -367,7 +394,7 @@ impl Session {
         r: DiscoveryRequest,
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> Result<(), Status> {
-        self.set_node(r.node.as_ref())?;
+        self.set_node(r.node.as_ref()).await?;
         if !PUSH_ORDER.contains(&r.type_url.as_str()) {
             return Ok(()); // a type we do not serve: leave the proxy waiting on it
         }
@@ -424,7 +451,7 @@ impl Session {
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> Result<(), ()> {
         let previous = self.built.clone();
-        if self.refresh().is_err() {
+        if self.refresh().await.is_err() {
             return Ok(());
         }
         if previous.as_ref().map(|b| b.revision) == self.built.as_ref().map(|b| b.revision) {
@@ -446,36 +473,39 @@ impl Session {
         type_url: &str,
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> Result<(), ()> {
-        let desired = self.desired(type_url);
+        let versions = self.desired_versions(type_url);
         let Some(ts) = self.types.get(type_url) else {
             return Ok(());
         };
-        let mut resources = Vec::new();
-        let mut versions = BTreeMap::new();
-        for (name, any) in &desired {
-            let version = resource_version(any);
-            if ts.sent.get(name) != Some(&version) {
-                resources.push(Resource {
-                    name: name.clone(),
-                    version: version.clone(),
-                    resource: Some(any.clone()),
-                    ..Default::default()
-                });
-            }
-            versions.insert(name.clone(), version);
-        }
+        let changed: Vec<(String, String)> = versions
+            .iter()
+            .filter(|(name, version)| ts.sent.get(*name) != Some(*version))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
         let removed: Vec<String> = ts
             .sent
             .keys()
-            .filter(|n| !desired.contains_key(*n))
+            .filter(|n| !versions.contains_key(*n))
             .cloned()
             .collect();
-        if resources.is_empty() && removed.is_empty() {
+        if changed.is_empty() && removed.is_empty() {
             return Ok(());
         }
+        let resources: Vec<Resource> = changed
+            .into_iter()
+            .filter_map(|(name, version)| {
+                let any = self.resource(type_url, &name)?;
+                Some(Resource {
+                    name,
+                    version,
+                    resource: Some(any),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let count = versions.len();
         let nonce = self.next_nonce();
         let version = self.version();
-        let count = desired.len();
         let response = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
             resources,
@@ -502,7 +532,7 @@ impl Session {
         r: DeltaDiscoveryRequest,
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> Result<(), Status> {
-        self.set_node(r.node.as_ref())?;
+        self.set_node(r.node.as_ref()).await?;
         if !PUSH_ORDER.contains(&r.type_url.as_str()) {
             return Ok(());
         }
@@ -554,7 +584,7 @@ impl Session {
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> Result<(), ()> {
         let previous = self.built.clone();
-        if self.refresh().is_err() {
+        if self.refresh().await.is_err() {
             return Ok(());
         }
         if previous.as_ref().map(|b| b.revision) == self.built.as_ref().map(|b| b.revision) {
