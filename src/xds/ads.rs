@@ -72,6 +72,9 @@ struct TypeState {
     acked: bool,
     /// Kept past their removal from the state until listeners and routes are ACKed.
     retained: BTreeMap<String, Any>,
+    /// Digest of the type's versions when this stream last compared them, if nothing
+    /// about its selection changed since: a quick "nothing new for this type".
+    compared_digest: Option<u64>,
 }
 
 impl TypeState {
@@ -184,6 +187,27 @@ impl Session {
         out
     }
 
+    /// Whether the type cannot have changed for this stream since it last compared.
+    fn unchanged(&self, type_url: &str) -> bool {
+        let digest = self
+            .built
+            .as_ref()
+            .and_then(|b| b.digests.get(type_url).copied());
+        self.types.get(type_url).is_some_and(|ts| {
+            ts.retained.is_empty() && digest.is_some() && ts.compared_digest == digest
+        })
+    }
+
+    fn mark_compared(&mut self, type_url: &str) {
+        let digest = self
+            .built
+            .as_ref()
+            .and_then(|b| b.digests.get(type_url).copied());
+        if let Some(ts) = self.types.get_mut(type_url) {
+            ts.compared_digest = digest;
+        }
+    }
+
     /// Name → version of what the proxy should have (precomputed per snapshot).
     fn desired_versions(&self, type_url: &str) -> BTreeMap<String, String> {
         let Some(ts) = self.types.get(type_url) else {
@@ -225,13 +249,13 @@ impl Session {
     /// state drops are retained until listeners and routes catch up.
     fn retain_removed(&mut self, previous: Option<&Built>) {
         let Some(previous) = previous else { return };
+        let Some(built) = self.built.clone() else {
+            return;
+        };
         for type_url in [CLUSTER_TYPE, ENDPOINT_TYPE] {
-            let current: BTreeSet<String> = self
-                .built
-                .as_ref()
-                .and_then(|b| b.snapshot.of_type(type_url))
-                .map(|r| r.keys().cloned().collect())
-                .unwrap_or_default();
+            let Some(current) = built.snapshot.of_type(type_url) else {
+                continue;
+            };
             let Some(old) = previous.snapshot.of_type(type_url) else {
                 continue;
             };
@@ -239,7 +263,7 @@ impl Session {
                 continue;
             };
             for name in ts.sent.keys() {
-                if !current.contains(name) {
+                if !current.contains_key(name) {
                     if let Some(any) = old.get(name) {
                         ts.retained.insert(name.clone(), any.clone());
                     }
@@ -261,6 +285,7 @@ impl Session {
                 if let Some(ts) = self.types.get_mut(type_url) {
                     if !ts.retained.is_empty() {
                         ts.retained.clear();
+                        ts.compared_digest = None;
                         released = true;
                     }
                 }
@@ -473,24 +498,46 @@ impl Session {
         type_url: &str,
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> Result<(), ()> {
-        let versions = self.desired_versions(type_url);
+        if self.unchanged(type_url) {
+            return Ok(());
+        }
+        // Compare against the snapshot's precomputed versions without copying them: with
+        // thousands of streams, only the changed names may cost anything per stream.
+        let built = self.built.clone();
         let Some(ts) = self.types.get(type_url) else {
             return Ok(());
         };
-        let changed: Vec<(String, String)> = versions
+        let empty = BTreeMap::new();
+        let current = built
+            .as_ref()
+            .and_then(|b| b.versions.get(type_url))
+            .unwrap_or(&empty);
+        let mut changed: Vec<(String, String)> = current
             .iter()
-            .filter(|(name, version)| ts.sent.get(*name) != Some(*version))
+            .filter(|(name, version)| ts.selected(name) && ts.sent.get(*name) != Some(*version))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
+        for (name, any) in &ts.retained {
+            if !current.contains_key(name) {
+                let version = resource_version(any);
+                if ts.sent.get(name) != Some(&version) {
+                    changed.push((name.clone(), version));
+                }
+            }
+        }
         let removed: Vec<String> = ts
             .sent
             .keys()
-            .filter(|n| !versions.contains_key(*n))
+            .filter(|n| {
+                !(ts.selected(n) && current.contains_key(*n)) && !ts.retained.contains_key(*n)
+            })
             .cloned()
             .collect();
         if changed.is_empty() && removed.is_empty() {
+            self.mark_compared(type_url);
             return Ok(());
         }
+        let updates: Vec<(String, String)> = changed.clone();
         let resources: Vec<Resource> = changed
             .into_iter()
             .filter_map(|(name, version)| {
@@ -503,27 +550,37 @@ impl Session {
                 })
             })
             .collect();
-        let count = versions.len();
         let nonce = self.next_nonce();
         let version = self.version();
         let response = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
             resources,
             type_url: type_url.to_string(),
-            removed_resources: removed,
+            removed_resources: removed.clone(),
             nonce: nonce.clone(),
             ..Default::default()
         };
+        let removed_names = removed;
         if tx.send(Ok(response)).await.is_err() {
             return Err(());
         }
         let ts = self.types.get_mut(type_url).expect("checked above");
-        ts.sent = versions;
+        for (name, v) in updates {
+            ts.sent.insert(name, v);
+        }
+        for name in &removed_names {
+            ts.sent.remove(name);
+        }
+        let retained_now = !ts.retained.is_empty();
+        let count = ts.sent.len();
         ts.sent_version = version.clone();
         ts.sent_nonce = nonce.clone();
         ts.sent_at = Some(Instant::now());
         ts.acked = false;
         self.record_sent(type_url, &version, &nonce, count);
+        if !retained_now {
+            self.mark_compared(type_url);
+        }
         Ok(())
     }
 
@@ -563,6 +620,8 @@ impl Session {
             ts.names.remove(name);
             ts.sent.remove(name);
         }
+        // The selection may have changed: compare everything on the next push.
+        ts.compared_digest = None;
         if error.is_some() {
             return Ok(());
         }

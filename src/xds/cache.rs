@@ -18,6 +18,21 @@ pub struct Built {
     /// Type URL → name → resource version (a hash of its bytes), computed once per
     /// snapshot rather than once per stream.
     pub versions: Arc<HashMap<String, BTreeMap<String, String>>>,
+    /// Type URL → digest of all its versions: streams skip a type whose digest is what they
+    /// last pushed.
+    pub digests: Arc<HashMap<String, u64>>,
+}
+
+fn digests_of(versions: &HashMap<String, BTreeMap<String, String>>) -> HashMap<String, u64> {
+    use std::hash::{Hash, Hasher};
+    versions
+        .iter()
+        .map(|(t, v)| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            v.hash(&mut h);
+            (t.clone(), h.finish())
+        })
+        .collect()
 }
 
 /// A resource's version: a hash of its type and bytes, the same on every node.
@@ -116,9 +131,11 @@ impl SnapshotCache {
         let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(snapshot) => {
+                let versions = versions_of(&snapshot);
                 let b = Built {
                     revision,
-                    versions: Arc::new(versions_of(&snapshot)),
+                    digests: Arc::new(digests_of(&versions)),
+                    versions: Arc::new(versions),
                     snapshot: Arc::new(snapshot),
                 };
                 built.insert(key, b.clone());
