@@ -529,7 +529,8 @@ impl Session {
             .sent
             .keys()
             .filter(|n| {
-                !(ts.selected(n) && current.contains_key(*n)) && !ts.retained.contains_key(*n)
+                let wanted = ts.selected(n) && current.contains_key(*n);
+                !(wanted || ts.retained.contains_key(*n))
             })
             .cloned()
             .collect();
