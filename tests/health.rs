@@ -145,57 +145,6 @@ impl GrpcBackend {
     }
 }
 
-async fn apply(client: &Client, yaml: &str) {
-    for resource in bowline::model::parse_documents(yaml).expect("valid test yaml") {
-        match resource {
-            bowline::model::Resource::Service(s) => {
-                let request = pb::RegisterServiceRequest {
-                    service: Some(pb::Service {
-                        name: s.name.clone(),
-                        namespace: s.namespace.clone(),
-                        depends_on: s.depends_on.clone(),
-                        ..Default::default()
-                    }),
-                    expected_revision: None,
-                };
-                client
-                    .registry_write(|mut c| {
-                        let request = request.clone();
-                        async move { c.register_service(request).await }
-                    })
-                    .await
-                    .unwrap();
-            }
-            bowline::model::Resource::Config {
-                namespace,
-                name,
-                spec,
-            } => {
-                let request = pb::PutConfigRequest {
-                    object: Some(pb::ConfigObject {
-                        kind: bowline::api::convert::kind_to_proto(spec.kind()) as i32,
-                        namespace,
-                        name,
-                        spec_json: spec.to_json(),
-                        ..Default::default()
-                    }),
-                    expected_revision: None,
-                };
-                client
-                    .config_write(|mut c| {
-                        let request = request.clone();
-                        async move { c.put_config(request).await }
-                    })
-                    .await
-                    .unwrap();
-            }
-            bowline::model::Resource::Endpoint(_) => {
-                unreachable!("endpoints are registered with their ports")
-            }
-        }
-    }
-}
-
 async fn add_endpoint(client: &Client, service: &str, id: &str, port: u16, ttl_ms: u64) {
     let mut e = endpoint(service, id, u32::from(port));
     e.ttl_ms = ttl_ms;

@@ -5,88 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use bowline::client::Client;
 use bowline::proto::v1 as pb;
 use bowline::xds::bootstrap::{envoy_bootstrap, grpc_bootstrap, BootstrapOptions};
 use common::mesh::{python_bin, Backend, Envoy};
 use common::*;
-
-async fn apply(client: &Client, yaml: &str) {
-    for resource in bowline::model::parse_documents(yaml).expect("valid test yaml") {
-        match resource {
-            bowline::model::Resource::Service(s) => {
-                let request = pb::RegisterServiceRequest {
-                    service: Some(pb::Service {
-                        name: s.name.clone(),
-                        namespace: s.namespace.clone(),
-                        ports: s
-                            .ports
-                            .iter()
-                            .map(|p| pb::ServicePort {
-                                name: p.name.clone(),
-                                port: p.port,
-                                protocol: p.protocol.to_string(),
-                            })
-                            .collect(),
-                        ..Default::default()
-                    }),
-                    expected_revision: None,
-                };
-                client
-                    .registry_write(|mut c| {
-                        let request = request.clone();
-                        async move { c.register_service(request).await }
-                    })
-                    .await
-                    .unwrap();
-            }
-            bowline::model::Resource::Endpoint(e) => {
-                let mut endpoint = endpoint(&e.service, &e.id, e.port);
-                endpoint.labels = e.labels.clone().into_iter().collect();
-                if e.health.status != bowline::model::HealthStatus::Unknown {
-                    endpoint.health = Some(pb::Health {
-                        status: e.health.status.to_string(),
-                        ..Default::default()
-                    });
-                }
-                let request = pb::RegisterEndpointRequest {
-                    endpoint: Some(endpoint),
-                    expected_revision: None,
-                };
-                client
-                    .registry_write(|mut c| {
-                        let request = request.clone();
-                        async move { c.register_endpoint(request).await }
-                    })
-                    .await
-                    .unwrap();
-            }
-            bowline::model::Resource::Config {
-                namespace,
-                name,
-                spec,
-            } => {
-                let request = pb::PutConfigRequest {
-                    object: Some(pb::ConfigObject {
-                        kind: bowline::api::convert::kind_to_proto(spec.kind()) as i32,
-                        namespace,
-                        name,
-                        spec_json: spec.to_json(),
-                        ..Default::default()
-                    }),
-                    expected_revision: None,
-                };
-                client
-                    .config_write(|mut c| {
-                        let request = request.clone();
-                        async move { c.put_config(request).await }
-                    })
-                    .await
-                    .unwrap();
-            }
-        }
-    }
-}
 
 fn endpoint_doc(id: &str, port: u16, version: &str) -> String {
     format!(

@@ -154,15 +154,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / hz.max(1.0)
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Runs `bowline bench health`.
 pub async fn run(args: &HealthBenchArgs) -> anyhow::Result<()> {
     if !args.common.bench_endpoints.is_empty() {
@@ -314,7 +305,7 @@ pub async fn run(args: &HealthBenchArgs) -> anyhow::Result<()> {
         lag_p50_ms: quantile(&lag_before, &lag_after, 0.50) * 1000.0,
         lag_p99_ms: quantile(&lag_before, &lag_after, 0.99) * 1000.0,
         leader_cpu_cores: cpu,
-        leader_rss_mib: rss_mib(pid),
+        leader_rss_mib: super::rss_mib(pid),
         failed_probes: failed as u64,
     };
     println!(

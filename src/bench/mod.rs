@@ -86,3 +86,13 @@ pub fn write_json<T: Serialize>(
     }
     Ok(())
 }
+
+/// Resident memory of a process, MiB (0 when unknown).
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -223,15 +223,6 @@ async fn run_sotw(channel: Channel, i: usize, synced: Arc<AtomicUsize>, log: Log
     }
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Runs `bowline bench xds`.
 pub async fn run(args: &XdsBenchArgs) -> anyhow::Result<()> {
     let proxies = if args.common.quick {
@@ -396,7 +387,7 @@ pub async fn run(args: &XdsBenchArgs) -> anyhow::Result<()> {
         initial_sync_seconds,
         convergence: Latency::from_micros(&convergence),
         missed,
-        nodes_rss_mib: (0..3).map(|i| rss_mib(cluster.pid(i))).sum(),
+        nodes_rss_mib: (0..3).map(|i| super::rss_mib(cluster.pid(i))).sum(),
     };
     println!(
         "{:>8} {:>9} {:>6} {:>6} {:>10} {:>10} {:>10} {:>10} {:>7} {:>9}",

@@ -666,9 +666,111 @@ type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Stat
 /// Responses buffered per stream; a proxy that stops reading stalls only its own stream.
 const STREAM_BUFFER: usize = 16;
 
+/// The two protocol variants share one stream loop.
+trait Variant: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// `sotw` or `delta`, for status and metrics.
+    const NAME: &'static str;
+    fn on_request(
+        session: &mut Session,
+        request: Self::Request,
+        tx: &mpsc::Sender<Result<Self::Response, Status>>,
+    ) -> impl std::future::Future<Output = Result<(), Status>> + Send;
+    fn on_change(
+        session: &mut Session,
+        tx: &mpsc::Sender<Result<Self::Response, Status>>,
+    ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
+}
+
+struct Sotw;
+struct Delta;
+
+impl Variant for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const NAME: &'static str = "sotw";
+    async fn on_request(
+        session: &mut Session,
+        request: DiscoveryRequest,
+        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> Result<(), Status> {
+        session.on_sotw_request(request, tx).await
+    }
+    async fn on_change(
+        session: &mut Session,
+        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) -> Result<(), ()> {
+        session.on_state_change_sotw(tx).await
+    }
+}
+
+impl Variant for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
+    async fn on_request(
+        session: &mut Session,
+        request: DeltaDiscoveryRequest,
+        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> Result<(), Status> {
+        session.on_delta_request(request, tx).await
+    }
+    async fn on_change(
+        session: &mut Session,
+        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> Result<(), ()> {
+        session.on_state_change_delta(tx).await
+    }
+}
+
 impl AdsServer {
-    fn debounce_deadline(&self, session: &mut Session) -> Option<Instant> {
-        session.dirty_since.map(|t| t + self.debounce)
+    /// Runs one stream: requests as they come, and pushes after each debounced change.
+    fn serve<V: Variant>(
+        &self,
+        mut requests: Streaming<V::Request>,
+    ) -> ReceiverStream<Result<V::Response, Status>>
+    where
+        Streaming<V::Request>: Send,
+    {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let server = self.clone();
+        tokio::spawn(async move {
+            let mut session = Session::new(server.clone(), V::NAME);
+            let mut revisions = server.applied.subscribe();
+            loop {
+                let deadline = session.dirty_since.map(|t| t + server.debounce);
+                tokio::select! {
+                    message = requests.message() => match message {
+                        Ok(Some(r)) => {
+                            if let Err(status) = V::on_request(&mut session, r, &tx).await {
+                                let _ = tx.send(Err(status)).await;
+                                break;
+                            }
+                        }
+                        _ => break,
+                    },
+                    changed = revisions.changed() => {
+                        if changed.is_err() { break; }
+                        if session.dirty_since.is_none() {
+                            session.dirty_since = Some(Instant::now());
+                            session.changed_at = Some(Instant::now());
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if deadline.is_some() => {
+                        session.dirty_since = None;
+                        if V::on_change(&mut session, &tx).await.is_err() { break; }
+                        session.changed_at = None;
+                    }
+                }
+            }
+            server
+                .metrics
+                .xds_streams
+                .with_label_values(&[V::NAME])
+                .dec();
+        });
+        ReceiverStream::new(rx)
     }
 }
 
@@ -681,89 +783,17 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let mut requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let server = self.clone();
-        tokio::spawn(async move {
-            let mut session = Session::new(server.clone(), "sotw");
-            let mut revisions = server.applied.subscribe();
-            loop {
-                let deadline = server.debounce_deadline(&mut session);
-                tokio::select! {
-                    message = requests.message() => match message {
-                        Ok(Some(r)) => {
-                            if let Err(status) = session.on_sotw_request(r, &tx).await {
-                                let _ = tx.send(Err(status)).await;
-                                break;
-                            }
-                        }
-                        _ => break,
-                    },
-                    changed = revisions.changed() => {
-                        if changed.is_err() { break; }
-                        if session.dirty_since.is_none() {
-                            session.dirty_since = Some(Instant::now());
-                            session.changed_at = Some(Instant::now());
-                        }
-                    }
-                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if deadline.is_some() => {
-                        session.dirty_since = None;
-                        if session.on_state_change_sotw(&tx).await.is_err() { break; }
-                        session.changed_at = None;
-                    }
-                }
-            }
-            server
-                .metrics
-                .xds_streams
-                .with_label_values(&["sotw"])
-                .dec();
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            self.serve::<Sotw>(request.into_inner()),
+        )))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let mut requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let server = self.clone();
-        tokio::spawn(async move {
-            let mut session = Session::new(server.clone(), "delta");
-            let mut revisions = server.applied.subscribe();
-            loop {
-                let deadline = server.debounce_deadline(&mut session);
-                tokio::select! {
-                    message = requests.message() => match message {
-                        Ok(Some(r)) => {
-                            if let Err(status) = session.on_delta_request(r, &tx).await {
-                                let _ = tx.send(Err(status)).await;
-                                break;
-                            }
-                        }
-                        _ => break,
-                    },
-                    changed = revisions.changed() => {
-                        if changed.is_err() { break; }
-                        if session.dirty_since.is_none() {
-                            session.dirty_since = Some(Instant::now());
-                            session.changed_at = Some(Instant::now());
-                        }
-                    }
-                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if deadline.is_some() => {
-                        session.dirty_since = None;
-                        if session.on_state_change_delta(&tx).await.is_err() { break; }
-                        session.changed_at = None;
-                    }
-                }
-            }
-            server
-                .metrics
-                .xds_streams
-                .with_label_values(&["delta"])
-                .dec();
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            self.serve::<Delta>(request.into_inner()),
+        )))
     }
 }

@@ -436,3 +436,84 @@ pub fn cli(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> (i32, Strin
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Applies a multi-document resource file through the API (as `bowline apply -f` does).
+pub async fn apply(client: &Client, yaml: &str) {
+    for resource in bowline::model::parse_documents(yaml).expect("valid test yaml") {
+        match resource {
+            bowline::model::Resource::Service(s) => {
+                let request = pb::RegisterServiceRequest {
+                    service: Some(pb::Service {
+                        name: s.name.clone(),
+                        namespace: s.namespace.clone(),
+                        ports: s
+                            .ports
+                            .iter()
+                            .map(|p| pb::ServicePort {
+                                name: p.name.clone(),
+                                port: p.port,
+                                protocol: p.protocol.to_string(),
+                            })
+                            .collect(),
+                        depends_on: s.depends_on.clone(),
+                        labels: s.labels.clone().into_iter().collect(),
+                        metadata: s.metadata.clone().into_iter().collect(),
+                        ..Default::default()
+                    }),
+                    expected_revision: None,
+                };
+                client
+                    .registry_write(|mut c| {
+                        let request = request.clone();
+                        async move { c.register_service(request).await }
+                    })
+                    .await
+                    .unwrap();
+            }
+            bowline::model::Resource::Endpoint(e) => {
+                let mut endpoint = endpoint(&e.service, &e.id, e.port);
+                endpoint.labels = e.labels.clone().into_iter().collect();
+                if e.health.status != bowline::model::HealthStatus::Unknown {
+                    endpoint.health = Some(pb::Health {
+                        status: e.health.status.to_string(),
+                        ..Default::default()
+                    });
+                }
+                let request = pb::RegisterEndpointRequest {
+                    endpoint: Some(endpoint),
+                    expected_revision: None,
+                };
+                client
+                    .registry_write(|mut c| {
+                        let request = request.clone();
+                        async move { c.register_endpoint(request).await }
+                    })
+                    .await
+                    .unwrap();
+            }
+            bowline::model::Resource::Config {
+                namespace,
+                name,
+                spec,
+            } => {
+                let request = pb::PutConfigRequest {
+                    object: Some(pb::ConfigObject {
+                        kind: bowline::api::convert::kind_to_proto(spec.kind()) as i32,
+                        namespace,
+                        name,
+                        spec_json: spec.to_json(),
+                        ..Default::default()
+                    }),
+                    expected_revision: None,
+                };
+                client
+                    .config_write(|mut c| {
+                        let request = request.clone();
+                        async move { c.put_config(request).await }
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
