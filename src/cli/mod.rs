@@ -7,6 +7,7 @@ mod output;
 mod proxy;
 mod resources;
 mod serve;
+mod tools;
 mod watch;
 
 use std::process::ExitCode;
@@ -101,6 +102,10 @@ pub enum Command {
     /// Envoy and proxyless gRPC: bootstrap files and connection status.
     #[command(subcommand)]
     Proxy(proxy::ProxyCommand),
+    /// Exit 0 when a node's admin port says it is ready (a healthcheck for containers).
+    Ready(tools::ReadyArgs),
+    /// A demo HTTP backend that answers with its name and version.
+    Echo(tools::EchoArgs),
     /// Benchmarks (start a local cluster unless given --bench-endpoints).
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
@@ -152,6 +157,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(ref args) => watch::run(&client(&cli)?, args).await,
         Command::Bench(ref cmd) => crate::bench::run(cmd).await,
         Command::Proxy(ref cmd) => proxy::run(&client(&cli)?, cmd).await,
+        Command::Ready(ref args) => tools::ready(args).await,
+        Command::Echo(ref args) => tools::echo(args).await,
     }
 }
 

@@ -20,6 +20,9 @@ pub struct ServeArgs {
     /// Node id: a positive integer, unique in the cluster.
     #[arg(long, env = "BOWLINE_ID")]
     pub id: Option<u64>,
+    /// Take the node id from a StatefulSet-style host name: `NAME-N` gives id N+1.
+    #[arg(long, env = "BOWLINE_ID_FROM_HOSTNAME", conflicts_with = "id")]
+    pub id_from_hostname: bool,
     /// Data directory (sled log and state).
     #[arg(long, env = "BOWLINE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -140,10 +143,16 @@ impl ServeArgs {
             }
             None => ServeFile::default(),
         };
+        let from_hostname = if self.id_from_hostname {
+            Some(id_from_hostname(&hostname())?)
+        } else {
+            None
+        };
         let id = self
             .id
+            .or(from_hostname)
             .or(file.id)
-            .context("--id is required (or `id` in --config)")?;
+            .context("--id is required (or --id-from-hostname, or `id` in --config)")?;
         if id == 0 {
             bail!("--id must be a positive integer");
         }
@@ -266,6 +275,25 @@ impl ServeArgs {
     }
 }
 
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// `bowline-2` → 3: the ordinal of a StatefulSet pod plus one (ids are positive).
+pub fn id_from_hostname(hostname: &str) -> anyhow::Result<u64> {
+    hostname
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .map(|n| n + 1)
+        .with_context(|| format!("--id-from-hostname: host name `{hostname}` does not end in -N"))
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -301,5 +329,12 @@ mod tests {
         assert!(parse_initial_cluster("0=127.0.0.1:1").is_err());
         assert!(parse_initial_cluster("1=a:1,1=b:2").is_err());
         assert!(parse_initial_cluster("x").is_err());
+    }
+
+    #[test]
+    fn statefulset_host_names_give_ids() {
+        assert_eq!(id_from_hostname("bowline-0").unwrap(), 1);
+        assert_eq!(id_from_hostname("bowline-12").unwrap(), 13);
+        assert!(id_from_hostname("bowline").is_err());
     }
 }
