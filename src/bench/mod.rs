@@ -2,6 +2,7 @@
 //! latency percentiles and throughput as a table and JSON. Benchmarks report numbers; they
 //! never pass or fail on timing.
 
+pub mod chaos;
 pub mod cluster;
 pub mod health;
 pub mod watch;

@@ -102,6 +102,8 @@ pub enum Command {
     /// Envoy and proxyless gRPC: bootstrap files and connection status.
     #[command(subcommand)]
     Proxy(proxy::ProxyCommand),
+    /// Fault scenarios against a local three-node cluster, with writers and watchers checked.
+    Chaos(crate::bench::chaos::ChaosArgs),
     /// Exit 0 when a node's admin port says it is ready (a healthcheck for containers).
     Ready(tools::ReadyArgs),
     /// A demo HTTP backend that answers with its name and version.
@@ -158,6 +160,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(ref cmd) => crate::bench::run(cmd).await,
         Command::Proxy(ref cmd) => proxy::run(&client(&cli)?, cmd).await,
         Command::Ready(ref args) => tools::ready(args).await,
+        Command::Chaos(ref args) => {
+            init_logging(cli.log_format, "warn");
+            crate::bench::chaos::run(args).await
+        }
         Command::Echo(ref args) => tools::echo(args).await,
     }
 }
