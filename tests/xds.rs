@@ -480,3 +480,62 @@ async fn a_proxyless_grpc_client_round_robins_and_follows_a_weighted_change() {
     let _ = servers.kill();
     let _ = servers.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_circuit_breaker_sheds_load_beyond_its_limits() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let slow = Backend::start("slow").await;
+    slow.delay_ms
+        .store(800, std::sync::atomic::Ordering::Relaxed);
+    apply(
+        &client,
+        "apiVersion: bowline/v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{name: http, port: 8080, protocol: http}]}\n---\napiVersion: bowline/v1\nkind: DestinationPolicy\nmetadata: {name: web}\nspec:\n  circuitBreaker: {maxConnections: 1, maxPendingRequests: 1, maxRequests: 1, maxRetries: 1}\n",
+    )
+    .await;
+    apply(&client, &endpoint_doc("web-slow", slow.port, "v1")).await;
+    let envoy = start_envoy(&cluster, "envoy-cb", false).await;
+    Cluster::eventually("the slow backend is routable", || {
+        let r = envoy.request("web", "/");
+        async move { r.filter(|(s, _)| *s == 200).map(|_| ()) }
+    })
+    .await;
+
+    // Eight concurrent requests against limits of one active and one pending: Envoy
+    // answers the overflow itself with 503 at once instead of queueing it.
+    let port = envoy.listen_port;
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                write!(
+                    s,
+                    "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut response = String::new();
+                let _ = s.read_to_string(&mut response);
+                response
+            })
+        })
+        .collect();
+    let responses: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = responses
+        .iter()
+        .filter(|r| r.starts_with("HTTP/1.1 200"))
+        .count();
+    let shed = responses
+        .iter()
+        .filter(|r| {
+            r.starts_with("HTTP/1.1 503") && r.to_ascii_lowercase().contains("x-envoy-overloaded")
+        })
+        .count();
+    assert!(ok >= 1, "nothing got through: {responses:?}");
+    assert!(
+        shed >= 1,
+        "the circuit breaker never tripped: {responses:?}"
+    );
+    assert_eq!(ok + shed, 8, "{responses:?}");
+}
