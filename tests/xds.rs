@@ -51,6 +51,7 @@ async fn start_envoy(cluster: &Cluster, node_id: &str, delta: bool) -> Envoy {
         inbound: None,
         admin_port: admin,
         delta,
+        region: None,
     });
     Envoy::start(&bootstrap, admin, listen).await
 }
@@ -399,6 +400,7 @@ async fn a_proxyless_grpc_client_round_robins_and_follows_a_weighted_change() {
         inbound: None,
         admin_port: 0,
         delta: false,
+        region: None,
     });
     std::fs::write(&bootstrap, doc.to_string()).unwrap();
 

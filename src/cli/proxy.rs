@@ -47,6 +47,10 @@ pub struct BootstrapArgs {
     /// Print a GRPC_XDS_BOOTSTRAP for proxyless gRPC clients instead.
     #[arg(long)]
     pub grpc: bool,
+    /// The proxy's region (node.locality.region): with a DestinationPolicy's
+    /// localityFailover, endpoints in this region are preferred, then its failover regions.
+    #[arg(long)]
+    pub region: Option<String>,
 }
 
 /// Runs `bowline proxy …`.
@@ -64,6 +68,7 @@ pub async fn run(ctx: &Ctx, cmd: &ProxyCommand) -> anyhow::Result<()> {
                 inbound: a.inbound_port.zip(a.app_port),
                 admin_port: a.admin_port,
                 delta: a.delta,
+                region: a.region.clone(),
             };
             let doc = if a.grpc {
                 grpc_bootstrap(&options)

@@ -22,6 +22,8 @@ pub struct BootstrapOptions {
     pub admin_port: u16,
     /// Use delta ADS.
     pub delta: bool,
+    /// The proxy's region (`node.locality.region`), for `localityFailover`.
+    pub region: Option<String>,
 }
 
 fn host_port(addr: &str) -> (String, u16) {
@@ -56,7 +58,7 @@ pub fn envoy_bootstrap(o: &BootstrapOptions) -> Value {
     }
     let ads = json!({"ads": {}, "resource_api_version": "V3"});
     json!({
-        "node": {"id": o.node_id, "cluster": o.service, "metadata": metadata},
+        "node": {"id": o.node_id, "cluster": o.service, "metadata": metadata, "locality": {"region": o.region.clone().unwrap_or_default()}},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": o.admin_port}}},
         "dynamic_resources": {
             "ads_config": {
@@ -99,7 +101,7 @@ pub fn grpc_bootstrap(o: &BootstrapOptions) -> Value {
             "id": o.node_id,
             "cluster": o.service,
             "metadata": {"proxyless": true, "namespace": o.namespace, "service": o.service},
-            "locality": {}
+            "locality": {"region": o.region.clone().unwrap_or_default()}
         }
     })
 }

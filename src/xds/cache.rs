@@ -83,7 +83,10 @@ fn cache_key(identity: &ProxyIdentity) -> String {
             outbound_port,
             inbound: None,
         } => {
-            format!("sidecar/{}/{outbound_port}", identity.namespace)
+            format!(
+                "sidecar/{}/{outbound_port}/{:?}",
+                identity.namespace, identity.region
+            )
         }
         _ => format!("{identity:?}"),
     }

@@ -51,11 +51,17 @@ pub fn identity(node: &Node) -> Result<ProxyIdentity, String> {
     let namespace = text(md, "namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
     let service =
         text(md, "service").or_else(|| (!node.cluster.is_empty()).then(|| node.cluster.clone()));
+    let region = node
+        .locality
+        .as_ref()
+        .map(|l| l.region.clone())
+        .filter(|r| !r.is_empty());
     if proxyless {
         return Ok(ProxyIdentity {
             namespace,
             service,
             kind: ProxyKind::Proxyless,
+            region,
         });
     }
     let outbound_port = port(md, "outbound_port")?.unwrap_or(DEFAULT_OUTBOUND_PORT);
@@ -71,6 +77,7 @@ pub fn identity(node: &Node) -> Result<ProxyIdentity, String> {
             outbound_port,
             inbound,
         },
+        region,
     })
 }
 
@@ -120,6 +127,13 @@ mod tests {
         );
         let id = identity(&node("", &[("proxyless", Kind::BoolValue(true))])).unwrap();
         assert_eq!(id.kind, ProxyKind::Proxyless);
+        assert_eq!(id.region, None);
+        let mut located = node("web", &[]);
+        located.locality = Some(envoy_types::pb::envoy::config::core::v3::Locality {
+            region: "eu".into(),
+            ..Default::default()
+        });
+        assert_eq!(identity(&located).unwrap().region.as_deref(), Some("eu"));
         assert!(identity(&node("web", &[("app_port", Kind::NumberValue(1.0))])).is_err());
         assert!(identity(&node(
             "web",

@@ -124,6 +124,30 @@ pub struct ProxyIdentity {
     pub service: Option<String>,
     /// Sidecar or proxyless.
     pub kind: ProxyKind,
+    /// The proxy's region (`node.locality.region`), for `localityFailover`.
+    pub region: Option<String>,
+}
+
+/// Failover rank of an endpoint region for a proxy: 0 for the proxy's own region, 1 for a
+/// region its `localityFailover` rules fail over to, 2 for any other. Everything is rank 0
+/// when the proxy has no region or the service no rules, so nothing changes for them.
+fn failover_rank(
+    proxy_region: Option<&str>,
+    rules: &[crate::model::config::LocalityFailover],
+    region: &str,
+) -> u32 {
+    match proxy_region {
+        Some(own) if !rules.is_empty() => {
+            if region == own {
+                0
+            } else if rules.iter().any(|r| r.from == own && r.to == region) {
+                1
+            } else {
+                2
+            }
+        }
+        _ => 0,
+    }
 }
 
 /// Every resource of one type, by name, packed.
@@ -223,11 +247,15 @@ pub fn translate(
             .filter_map(|k| state.endpoints.get(k).map(|e| &e.value))
             .collect();
 
+        let rules = dp
+            .map(|d| d.locality_failover.as_slice())
+            .unwrap_or_default();
+        let rank = |region: &str| failover_rank(proxy.region.as_deref(), rules, region);
         let cluster_name = service_cluster_name(ns, name);
         let cluster = eds_cluster(&cluster_name, service, dp, hc);
         snap.clusters
             .insert(cluster_name.clone(), pack_any(cluster));
-        let cla = load_assignment(&cluster_name, endpoints.iter().copied());
+        let cla = load_assignment(&cluster_name, endpoints.iter().copied(), &rank);
         snap.endpoints.insert(cluster_name, pack_any(cla));
 
         for subset in dp.map(|d| d.subsets.as_slice()).unwrap_or_default() {
@@ -241,7 +269,7 @@ pub fn translate(
                     .iter()
                     .all(|(k, v)| e.labels.get(k) == Some(v))
             });
-            let cla = load_assignment(&cluster_name, members);
+            let cla = load_assignment(&cluster_name, members, &rank);
             snap.endpoints.insert(cluster_name, pack_any(cla));
         }
     }
@@ -537,13 +565,16 @@ fn envoy_health(status: HealthStatus) -> EnvoyHealthStatus {
 fn load_assignment<'a>(
     cluster_name: &str,
     endpoints: impl Iterator<Item = &'a Endpoint>,
+    rank: &dyn Fn(&str) -> u32,
 ) -> ClusterLoadAssignment {
     type Group<'a> = BTreeMap<(&'a str, &'a str, &'a str, u32), Vec<&'a Endpoint>>;
     let mut groups: Group<'a> = BTreeMap::new();
     for e in endpoints.filter(|e| e.address.parse::<std::net::IpAddr>().is_ok()) {
         let l = &e.locality;
+        // The endpoint's own priority first, then the proxy's locality failover order.
+        let priority = e.priority * 3 + rank(&l.region);
         groups
-            .entry((&l.region, &l.zone, &l.subzone, e.priority))
+            .entry((&l.region, &l.zone, &l.subzone, priority))
             .or_default()
             .push(e);
     }
@@ -1361,6 +1392,7 @@ mod tests {
                 outbound_port: 15001,
                 inbound: None,
             },
+            region: None,
         }
     }
 
@@ -1369,6 +1401,7 @@ mod tests {
             namespace: "default".into(),
             service: None,
             kind: ProxyKind::Proxyless,
+            region: None,
         }
     }
 
@@ -2240,5 +2273,98 @@ mod tests {
             }
         );
         assert_eq!(duration(DurationSpec::ZERO), Duration::default());
+    }
+
+    #[test]
+    fn locality_failover_orders_priorities_by_the_proxy_region() {
+        let mut state = RegistryState::default();
+        service(&mut state, "default", "web", &[(8080, Protocol::Http)]);
+        let h = HealthStatus::Healthy;
+        endpoint(
+            &mut state,
+            "web",
+            "eu-a",
+            "10.0.0.1",
+            ("eu", "eu-1a"),
+            1,
+            0,
+            "v1",
+            h,
+        );
+        endpoint(
+            &mut state,
+            "web",
+            "us-a",
+            "10.0.0.2",
+            ("us", "us-1a"),
+            1,
+            0,
+            "v1",
+            h,
+        );
+        endpoint(
+            &mut state,
+            "web",
+            "ap-a",
+            "10.0.0.3",
+            ("ap", "ap-1a"),
+            1,
+            0,
+            "v1",
+            h,
+        );
+        put(
+            &mut state,
+            "default",
+            "web",
+            ConfigSpec::DestinationPolicy(DestinationPolicy {
+                locality_failover: vec![crate::model::config::LocalityFailover {
+                    from: "eu".into(),
+                    to: "us".into(),
+                }],
+                ..Default::default()
+            }),
+        );
+        let priorities = |region: Option<&str>| -> Vec<(String, u32)> {
+            let proxy = ProxyIdentity {
+                region: region.map(String::from),
+                ..sidecar()
+            };
+            let snap = translated(&state, &proxy);
+            let mut out: Vec<(String, u32)> = cla(&snap, "web.default")
+                .endpoints
+                .iter()
+                .map(|l| (l.locality.clone().unwrap().region, l.priority))
+                .collect();
+            out.sort();
+            out
+        };
+        // A proxy in eu: its own region first, then the failover region, then the rest.
+        assert_eq!(
+            priorities(Some("eu")),
+            [
+                ("ap".to_string(), 2),
+                ("eu".to_string(), 0),
+                ("us".to_string(), 1)
+            ]
+        );
+        // A proxy in us has no rule: its own region first, every other region next.
+        assert_eq!(
+            priorities(Some("us")),
+            [
+                ("ap".to_string(), 1),
+                ("eu".to_string(), 1),
+                ("us".to_string(), 0)
+            ]
+        );
+        // Without a region, locality does not change priorities.
+        assert_eq!(
+            priorities(None),
+            [
+                ("ap".to_string(), 0),
+                ("eu".to_string(), 0),
+                ("us".to_string(), 0)
+            ]
+        );
     }
 }
