@@ -2,7 +2,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{config_from_proto, config_to_proto, kind_from_proto, object_key};
+use super::convert::{
+    config_from_proto, config_to_proto, kind_from_proto, object_key, required_kind,
+};
 use super::{ApiContext, ApiError};
 use crate::command::{Applied, Command};
 use crate::model::validation::validate_name;
@@ -62,7 +64,7 @@ impl Config for ConfigService {
         self.ctx
             .observe("GetConfig", async {
                 let r = request.into_inner();
-                let kind = kind_from_proto(r.kind, false)?.expect("unspecified rejected");
+                let kind = required_kind(r.kind)?;
                 let (namespace, name) = object_key("namespace", "name", &r.namespace, &r.name)?;
                 self.ctx.read_barrier(r.consistency).await?;
                 let (found, revision) = self.ctx.applied.read(|state, revision| {
@@ -110,7 +112,7 @@ impl Config for ConfigService {
         self.ctx
             .observe("DeleteConfig", async {
                 let r = request.into_inner();
-                let kind = kind_from_proto(r.kind, false)?.expect("unspecified rejected");
+                let kind = required_kind(r.kind)?;
                 let (namespace, name) = object_key("namespace", "name", &r.namespace, &r.name)?;
                 validate_name("object.name", &name)?;
                 let (revision, result) = self

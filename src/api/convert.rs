@@ -231,6 +231,16 @@ pub fn kind_from_proto(kind: i32, allow_any: bool) -> Result<Option<ConfigKind>,
     }
 }
 
+/// The domain kind of a request that must name one.
+pub fn required_kind(kind: i32) -> Result<ConfigKind, ValidationError> {
+    kind_from_proto(kind, false)?.ok_or_else(|| {
+        ValidationError::new(
+            "kind",
+            "must be one of TRAFFIC_POLICY, DESTINATION_POLICY, HEALTH_CHECK",
+        )
+    })
+}
+
 /// The protobuf kind for a domain kind.
 pub fn kind_to_proto(kind: ConfigKind) -> pb::ConfigKind {
     match kind {
@@ -248,7 +258,7 @@ pub fn config_from_proto(
     o: Option<pb::ConfigObject>,
 ) -> Result<(String, String, ConfigSpec), ValidationError> {
     let o = o.ok_or_else(|| ValidationError::new("object", "is required"))?;
-    let kind = kind_from_proto(o.kind, false)?.expect("unspecified rejected");
+    let kind = required_kind(o.kind)?;
     let (namespace, name) = object_key("object.namespace", "object.name", &o.namespace, &o.name)?;
     if o.spec_json.len() > MAX_SPEC_JSON_BYTES {
         return Err(ValidationError::new(

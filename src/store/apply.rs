@@ -114,12 +114,19 @@ fn apply_inner(
                 *expected_revision,
                 Some(existing.mod_revision),
             )?;
-            let removed = state.services.remove(&key).expect("checked above");
+            let Some(removed) = state.services.remove(&key) else {
+                return Err(ApplyError::NotFound {
+                    kind: "service".into(),
+                    key: display,
+                });
+            };
             let endpoint_keys = state.endpoints_of(namespace, name);
             let mut changes = Vec::with_capacity(endpoint_keys.len() + 1);
             // Endpoints go first, so a watcher never sees an endpoint outlive its service.
             for ek in &endpoint_keys {
-                let endpoint = state.endpoints.remove(ek).expect("listed above");
+                let Some(endpoint) = state.endpoints.remove(ek) else {
+                    continue;
+                };
                 changes.push(Change {
                     key: StateKey::Endpoint(ek.0.clone(), ek.1.clone(), ek.2.clone()),
                     removed: Some(StoredObject::Endpoint(endpoint)),
@@ -220,7 +227,12 @@ fn apply_inner(
                 *expected_revision,
                 Some(existing.mod_revision),
             )?;
-            let removed = state.endpoints.remove(&key).expect("checked above");
+            let Some(removed) = state.endpoints.remove(&key) else {
+                return Err(ApplyError::NotFound {
+                    kind: "endpoint".into(),
+                    key: display,
+                });
+            };
             Ok((
                 Applied::Endpoint(removed.clone()),
                 vec![Change {
@@ -282,7 +294,12 @@ fn apply_inner(
                 *expected_revision,
                 Some(existing.stored.mod_revision),
             )?;
-            let removed = state.configs.remove(&key).expect("checked above");
+            let Some(removed) = state.configs.remove(&key) else {
+                return Err(ApplyError::NotFound {
+                    kind: kind.as_str().to_string(),
+                    key: display,
+                });
+            };
             Ok((
                 Applied::Config(removed.clone()),
                 vec![Change {
@@ -345,7 +362,9 @@ fn apply_inner(
                 if !still_unhealthy {
                     continue;
                 }
-                let removed = state.endpoints.remove(&key).expect("checked above");
+                let Some(removed) = state.endpoints.remove(&key) else {
+                    continue;
+                };
                 applied_removals += 1;
                 changes.push(Change {
                     key: StateKey::Endpoint(key.0, key.1, key.2),

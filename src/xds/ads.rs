@@ -294,6 +294,30 @@ impl Session {
         released
     }
 
+    /// Bookkeeping after a response went out: what the proxy now awaits an ACK for.
+    fn mark_sent(&mut self, type_url: &str, version: String, nonce: String, count: usize) {
+        let ts = self.types.entry(type_url.to_string()).or_default();
+        ts.sent_version = version.clone();
+        ts.sent_nonce = nonce.clone();
+        ts.sent_at = Some(Instant::now());
+        ts.acked = false;
+        self.record_sent(type_url, &version, &nonce, count);
+    }
+
+    /// Moves to the current snapshot; false when there is nothing new to push. Clusters
+    /// and assignments the new snapshot drops are retained (make-before-break).
+    async fn advance(&mut self) -> bool {
+        let previous = self.built.clone();
+        if self.refresh().await.is_err() {
+            return false;
+        }
+        if previous.as_ref().map(|b| b.revision) == self.built.as_ref().map(|b| b.revision) {
+            return false;
+        }
+        self.retain_removed(previous.as_ref());
+        true
+    }
+
     fn record_sent(&mut self, type_url: &str, version: &str, nonce: &str, count: usize) {
         let short = short_type(type_url);
         self.server
@@ -404,13 +428,8 @@ impl Session {
         if tx.send(Ok(response)).await.is_err() {
             return Err(());
         }
-        let ts = self.types.get_mut(type_url).expect("checked above");
-        ts.sent = versions;
-        ts.sent_version = version.clone();
-        ts.sent_nonce = nonce.clone();
-        ts.sent_at = Some(Instant::now());
-        ts.acked = false;
-        self.record_sent(type_url, &version, &nonce, count);
+        self.types.entry(type_url.to_string()).or_default().sent = versions;
+        self.mark_sent(type_url, version, nonce, count);
         Ok(())
     }
 
@@ -435,7 +454,7 @@ impl Session {
             return Ok(());
         }
         let names: BTreeSet<String> = r.resource_names.iter().cloned().collect();
-        let ts = self.types.get_mut(&r.type_url).expect("inserted above");
+        let ts = self.types.entry(r.type_url.clone()).or_default();
         let wildcard = is_wildcard_type(&r.type_url) && (names.is_empty() || names.contains("*"));
         let changed = first || ts.names != names || ts.wildcard != wildcard;
         ts.names = names;
@@ -447,7 +466,7 @@ impl Session {
             // Reconnected at the same revision (versions are the same on every node): the
             // proxy already has exactly this; remember it instead of re-pushing.
             let desired = self.desired(&r.type_url);
-            let ts = self.types.get_mut(&r.type_url).expect("inserted above");
+            let ts = self.types.entry(r.type_url.clone()).or_default();
             ts.sent = desired
                 .iter()
                 .map(|(n, a)| (n.clone(), resource_version(a)))
@@ -475,14 +494,9 @@ impl Session {
         &mut self,
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> Result<(), ()> {
-        let previous = self.built.clone();
-        if self.refresh().await.is_err() {
+        if !self.advance().await {
             return Ok(());
         }
-        if previous.as_ref().map(|b| b.revision) == self.built.as_ref().map(|b| b.revision) {
-            return Ok(());
-        }
-        self.retain_removed(previous.as_ref());
         for type_url in PUSH_ORDER {
             self.push_sotw(type_url, false, tx).await?;
         }
@@ -565,7 +579,7 @@ impl Session {
         if tx.send(Ok(response)).await.is_err() {
             return Err(());
         }
-        let ts = self.types.get_mut(type_url).expect("checked above");
+        let ts = self.types.entry(type_url.to_string()).or_default();
         for (name, v) in updates {
             ts.sent.insert(name, v);
         }
@@ -574,11 +588,7 @@ impl Session {
         }
         let retained_now = !ts.retained.is_empty();
         let count = ts.sent.len();
-        ts.sent_version = version.clone();
-        ts.sent_nonce = nonce.clone();
-        ts.sent_at = Some(Instant::now());
-        ts.acked = false;
-        self.record_sent(type_url, &version, &nonce, count);
+        self.mark_sent(type_url, version, nonce, count);
         if !retained_now {
             self.mark_compared(type_url);
         }
@@ -600,7 +610,7 @@ impl Session {
         if !self.on_reply(&r.type_url, &r.response_nonce, "", error.clone()) {
             return Ok(());
         }
-        let ts = self.types.get_mut(&r.type_url).expect("inserted above");
+        let ts = self.types.entry(r.type_url.clone()).or_default();
         if first {
             // An empty first subscription (or "*") on CDS/LDS means everything.
             ts.wildcard = is_wildcard_type(&r.type_url)
@@ -643,14 +653,9 @@ impl Session {
         &mut self,
         tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> Result<(), ()> {
-        let previous = self.built.clone();
-        if self.refresh().await.is_err() {
+        if !self.advance().await {
             return Ok(());
         }
-        if previous.as_ref().map(|b| b.revision) == self.built.as_ref().map(|b| b.revision) {
-            return Ok(());
-        }
-        self.retain_removed(previous.as_ref());
         for type_url in PUSH_ORDER {
             self.push_delta(type_url, tx).await?;
         }
