@@ -87,8 +87,15 @@ async fn wait_for_split(
 
 async fn proxies(cluster: &Cluster) -> Vec<pb::ProxyStatus> {
     let mut out = Vec::new();
-    for i in 0..cluster.nodes.len() {
-        let client = cluster.client_for(i);
+    for node in &cluster.nodes {
+        // Short timeouts: a node the test killed should not stall the survey for long.
+        let options = bowline::client::ClientOptions {
+            total_timeout: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let client =
+            bowline::client::Client::new(std::slice::from_ref(&node.client_addr), options).unwrap();
         if let Ok(r) = client
             .with_failover(|ch| async move {
                 pb::proxies_client::ProxiesClient::new(ch)
