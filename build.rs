@@ -41,5 +41,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .extern_path(".bowline.v1", "crate::proto::v1")
         .compile_fds(watch_only)?;
+
+    // etcd's v3 API subset, client only: `bowline bench` drives etcd with the same loop.
+    let etcd_proto = "proto/etcd/etcdserverpb.proto";
+    println!("cargo:rerun-if-changed={etcd_proto}");
+    let etcd_out = PathBuf::from(std::env::var("OUT_DIR")?).join("etcd");
+    std::fs::create_dir_all(&etcd_out)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .out_dir(&etcd_out)
+        .compile_fds(protox::compile([etcd_proto], ["proto"])?)?;
     Ok(())
 }

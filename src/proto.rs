@@ -12,6 +12,11 @@ pub mod peer {
     tonic::include_proto!("bowline.peer.v1");
 }
 
+/// The subset of etcd's v3 API that `bowline bench` drives (client only).
+pub mod etcd {
+    include!(concat!(env!("OUT_DIR"), "/etcd/etcdserverpb.rs"));
+}
+
 /// The `Watch` server with pre-encoded responses (see `build.rs`).
 pub mod watch_wire {
     include!(concat!(env!("OUT_DIR"), "/watch_wire/bowline.v1.rs"));

@@ -22,7 +22,8 @@ pub struct LocalCluster {
     dir: PathBuf,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

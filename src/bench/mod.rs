@@ -4,7 +4,11 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod disk;
+pub mod etcd;
+pub mod failover;
 pub mod health;
+pub mod kv;
 pub mod watch;
 pub mod xds;
 
@@ -14,6 +18,14 @@ use serde::Serialize;
 /// Benchmark suites.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Puts (256-byte values, distinct keys) at several concurrencies, beside etcd.
+    Put(kv::PutBenchArgs),
+    /// Linearizable and stale reads on the leader and a follower, beside etcd.
+    Read(kv::ReadBenchArgs),
+    /// Write gap after SIGKILL of the leader, beside etcd, with the same client timeout.
+    Failover(failover::FailoverBenchArgs),
+    /// Data directory size and memory under a long stream of writes, beside etcd.
+    Disk(disk::DiskBenchArgs),
     /// Watch delivery latency: from a write's acknowledgement to its delivery at every watcher.
     Watch(watch::WatchBenchArgs),
     /// Health probing at scale: schedule lag, CPU and RSS of the probing leader.
@@ -70,6 +82,10 @@ pub fn micros_histogram() -> hdrhistogram::Histogram<u64> {
 /// Runs `bowline bench …`.
 pub async fn run(command: &BenchCommand) -> anyhow::Result<()> {
     match command {
+        BenchCommand::Put(args) => kv::run_put(args).await,
+        BenchCommand::Read(args) => kv::run_read(args).await,
+        BenchCommand::Failover(args) => failover::run(args).await,
+        BenchCommand::Disk(args) => disk::run(args).await,
         BenchCommand::Watch(args) => watch::run(args).await,
         BenchCommand::Health(args) => health::run(args).await,
         BenchCommand::Xds(args) => xds::run(args).await,

@@ -1,0 +1,650 @@
+//! The side-by-side key-value workloads: one client abstraction over a Bowline node and an
+//! etcd member, a closed-loop load generator, and the `put` and `read` suites, which run the
+//! same workload against both systems, alternating, and print one table with the ratio.
+//!
+//! A Bowline "put" registers a service named after the key with the 256-byte value in its
+//! metadata (one Raft entry, fsync'd on a majority, as an etcd put is); a "get" reads that
+//! service back, linearizably (read index) or stale (the node's applied state).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use tonic::transport::Channel;
+use tonic::Status;
+
+use super::cluster::LocalCluster;
+use super::etcd::{self, EtcdCluster};
+use super::{micros_histogram, write_json, Latency};
+use crate::proto::etcd::kv_client::KvClient as EtcdKv;
+use crate::proto::etcd::{PutRequest, RangeRequest};
+use crate::proto::v1 as pb;
+use crate::proto::v1::cluster_client::ClusterClient;
+use crate::proto::v1::registry_client::RegistryClient;
+
+/// The systems compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    /// This project.
+    Bowline,
+    /// etcd 3.4 from the distribution.
+    Etcd,
+}
+
+impl std::fmt::Display for System {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            System::Bowline => "bowline",
+            System::Etcd => "etcd",
+        })
+    }
+}
+
+/// Flags shared by the side-by-side suites.
+#[derive(Debug, Args, Clone)]
+pub struct CompareArgs {
+    /// Use an existing Bowline cluster (client addresses) instead of starting three nodes.
+    #[arg(long, value_delimiter = ',')]
+    pub bench_endpoints: Vec<String>,
+    /// Use an existing etcd cluster (client addresses host:port) instead of starting three
+    /// members of the distribution's `etcd` (or `$BOWLINE_ETCD`).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Measure Bowline only (when etcd is not installed).
+    #[arg(long)]
+    pub no_etcd: bool,
+    /// HTTP/2 connections each client spreads its requests over (the same for both systems).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Write the results as JSON to this file as well.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// A small, fast run (for CI smoke tests).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// A client of one node of either system, spreading requests over a few connections.
+#[derive(Clone)]
+pub enum KvClient {
+    /// A Bowline node.
+    Bowline(Vec<RegistryClient<Channel>>),
+    /// An etcd member.
+    Etcd(Vec<EtcdKv<Channel>>),
+}
+
+impl KvClient {
+    /// Connects (lazily) to `addr` with `connections` HTTP/2 connections.
+    pub fn connect(system: System, addr: &str, connections: usize) -> anyhow::Result<KvClient> {
+        let channels = (0..connections.max(1))
+            .map(|_| etcd::channel(addr))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(match system {
+            System::Bowline => {
+                KvClient::Bowline(channels.into_iter().map(RegistryClient::new).collect())
+            }
+            System::Etcd => KvClient::Etcd(channels.into_iter().map(EtcdKv::new).collect()),
+        })
+    }
+
+    /// Writes `value` under `key`; `lane` picks the connection.
+    pub async fn put(&self, lane: usize, key: &str, value: &str) -> Result<(), Status> {
+        match self {
+            KvClient::Bowline(clients) => {
+                let mut client = clients[lane % clients.len()].clone();
+                let request = pb::RegisterServiceRequest {
+                    service: Some(pb::Service {
+                        name: key.to_string(),
+                        metadata: [("v".to_string(), value.to_string())].into(),
+                        ..Default::default()
+                    }),
+                    expected_revision: None,
+                };
+                client.register_service(request).await.map(|_| ())
+            }
+            KvClient::Etcd(clients) => {
+                let mut client = clients[lane % clients.len()].clone();
+                let request = PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                };
+                client.put(request).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Reads `key`; fails with NOT_FOUND when it is absent.
+    pub async fn get(&self, lane: usize, key: &str, linearizable: bool) -> Result<(), Status> {
+        match self {
+            KvClient::Bowline(clients) => {
+                let mut client = clients[lane % clients.len()].clone();
+                let consistency = if linearizable {
+                    pb::Consistency::Linearizable
+                } else {
+                    pb::Consistency::Stale
+                };
+                let request = pb::GetServiceRequest {
+                    name: key.to_string(),
+                    consistency: consistency as i32,
+                    ..Default::default()
+                };
+                client.get_service(request).await.map(|_| ())
+            }
+            KvClient::Etcd(clients) => {
+                let mut client = clients[lane % clients.len()].clone();
+                let request = RangeRequest {
+                    key: key.as_bytes().to_vec(),
+                    serializable: !linearizable,
+                    ..Default::default()
+                };
+                let response = client.range(request).await?.into_inner();
+                if response.kvs.is_empty() {
+                    return Err(Status::not_found(format!("etcd has no key {key}")));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One system under test: its nodes' clients, which one leads, and the cluster if this
+/// process started it.
+pub struct Target {
+    /// Which system.
+    pub system: System,
+    /// Client addresses, one per node.
+    pub addrs: Vec<String>,
+    /// A client per node.
+    pub nodes: Vec<KvClient>,
+    /// A Bowline cluster this run started.
+    pub bowline: Option<LocalCluster>,
+    /// An etcd cluster this run started.
+    pub etcd: Option<EtcdCluster>,
+}
+
+impl Target {
+    /// Starts (or connects to) each system the flags ask for: Bowline first, then etcd.
+    pub async fn start_all(
+        args: &CompareArgs,
+        bowline_flags: &[String],
+        etcd_flags: &[String],
+    ) -> anyhow::Result<Vec<Target>> {
+        let mut targets = Vec::new();
+        let (addrs, bowline) = if args.bench_endpoints.is_empty() {
+            let cluster = LocalCluster::start(3, bowline_flags).await?;
+            (cluster.client_addrs.clone(), Some(cluster))
+        } else {
+            (args.bench_endpoints.clone(), None)
+        };
+        targets.push(Target::new(
+            System::Bowline,
+            addrs,
+            bowline,
+            None,
+            args.connections,
+        )?);
+        if !args.no_etcd {
+            let (addrs, etcd) = if args.etcd_endpoints.is_empty() {
+                let cluster = EtcdCluster::start(3, etcd_flags).await?;
+                (cluster.client_addrs.clone(), Some(cluster))
+            } else {
+                (args.etcd_endpoints.clone(), None)
+            };
+            targets.push(Target::new(
+                System::Etcd,
+                addrs,
+                None,
+                etcd,
+                args.connections,
+            )?);
+        }
+        Ok(targets)
+    }
+
+    fn new(
+        system: System,
+        addrs: Vec<String>,
+        bowline: Option<LocalCluster>,
+        etcd: Option<EtcdCluster>,
+        connections: usize,
+    ) -> anyhow::Result<Target> {
+        let nodes = addrs
+            .iter()
+            .map(|a| KvClient::connect(system, a, connections))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Target {
+            system,
+            addrs,
+            nodes,
+            bowline,
+            etcd,
+        })
+    }
+
+    /// The index of the current leader, waiting (up to `timeout`) for one.
+    pub async fn leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.leader_now().await {
+                return Ok(i);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("{} has no leader", self.system);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn leader_now(&self) -> Option<usize> {
+        match self.system {
+            System::Etcd => match &self.etcd {
+                Some(cluster) => cluster.leader().await,
+                None => self.etcd_leader_by_status().await,
+            },
+            System::Bowline => {
+                // Ask each node who leads and which node it is; the leader answers for itself.
+                for (i, addr) in self.addrs.iter().enumerate() {
+                    let Ok(channel) = etcd::channel(addr) else {
+                        continue;
+                    };
+                    let mut client = ClusterClient::new(channel);
+                    let call = client.status(pb::StatusRequest {});
+                    if let Ok(Ok(status)) =
+                        tokio::time::timeout(Duration::from_millis(300), call).await
+                    {
+                        let status = status.into_inner();
+                        if status.leader_id != 0 && status.leader_id == status.node_id {
+                            return Some(i);
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    async fn etcd_leader_by_status(&self) -> Option<usize> {
+        use crate::proto::etcd::maintenance_client::MaintenanceClient;
+        for (i, addr) in self.addrs.iter().enumerate() {
+            let mut client = MaintenanceClient::new(etcd::channel(addr).ok()?);
+            let call = client.status(crate::proto::etcd::StatusRequest {});
+            if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(300), call).await {
+                let status = status.into_inner();
+                if status.header.is_some_and(|h| h.member_id == status.leader) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// A follower's index (any node that is not `leader`).
+    pub fn follower_of(&self, leader: usize) -> usize {
+        (leader + 1) % self.nodes.len()
+    }
+}
+
+/// What one closed-loop run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunStats {
+    /// Operations completed successfully.
+    pub ops: u64,
+    /// Operations that failed.
+    pub errors: u64,
+    /// Wall time of the run.
+    pub seconds: f64,
+    /// Successful operations per second.
+    pub ops_per_sec: f64,
+    /// Latency of successful operations.
+    pub latency: Latency,
+    /// The first error seen, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+/// Runs `op(worker, seq)` from `concurrency` workers, each issuing its next operation when
+/// the previous one finishes, until `max_ops` have been issued or `max_time` has passed.
+pub async fn closed_loop<F, Fut>(
+    concurrency: usize,
+    max_ops: u64,
+    max_time: Duration,
+    op: F,
+) -> RunStats
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + max_time;
+    let mut workers = Vec::new();
+    for worker in 0..concurrency.max(1) {
+        let (op, issued) = (op.clone(), issued.clone());
+        workers.push(tokio::spawn(async move {
+            let mut histogram = micros_histogram();
+            let (mut errors, mut first_error) = (0u64, None);
+            loop {
+                let seq = issued.fetch_add(1, Ordering::Relaxed);
+                if seq >= max_ops || Instant::now() >= deadline {
+                    break;
+                }
+                let t0 = Instant::now();
+                match op(worker, seq).await {
+                    Ok(()) => {
+                        let _ = histogram.record(t0.elapsed().as_micros().max(1) as u64);
+                    }
+                    Err(status) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| {
+                            format!("{}: {}", status.code(), status.message())
+                        });
+                    }
+                }
+            }
+            (histogram, errors, first_error)
+        }));
+    }
+    let mut histogram = micros_histogram();
+    let (mut errors, mut first_error) = (0, None);
+    for worker in workers {
+        if let Ok((h, e, f)) = worker.await {
+            let _ = histogram.add(&h);
+            errors += e;
+            first_error = first_error.or(f);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    RunStats {
+        ops: histogram.len(),
+        errors,
+        seconds,
+        ops_per_sec: histogram.len() as f64 / seconds.max(1e-9),
+        latency: Latency::from_micros(&histogram),
+        first_error,
+    }
+}
+
+/// A 256-byte value (printable, so it fits a metadata string).
+pub fn value_256() -> String {
+    "v".repeat(256)
+}
+
+/// One workload measured on every system.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// What ran, e.g. `put` or `read linearizable leader`.
+    pub workload: String,
+    /// Concurrent clients.
+    pub concurrency: usize,
+    /// Results per system.
+    pub results: BTreeMap<String, RunStats>,
+    /// Bowline's throughput over etcd's (when both ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput_ratio: Option<f64>,
+}
+
+impl Comparison {
+    fn new(workload: String, concurrency: usize, results: Vec<(System, RunStats)>) -> Comparison {
+        let results: BTreeMap<String, RunStats> = results
+            .into_iter()
+            .map(|(s, r)| (s.to_string(), r))
+            .collect();
+        let throughput_ratio = match (results.get("bowline"), results.get("etcd")) {
+            (Some(b), Some(e)) if e.ops_per_sec > 0.0 => Some(b.ops_per_sec / e.ops_per_sec),
+            _ => None,
+        };
+        Comparison {
+            workload,
+            concurrency,
+            results,
+            throughput_ratio,
+        }
+    }
+}
+
+/// Prints comparisons as one table: a row per workload, both systems side by side.
+pub fn print_comparisons(rows: &[Comparison]) {
+    println!(
+        "{:<28} {:>5} | {:>9} {:>8} {:>8} {:>6} | {:>9} {:>8} {:>8} {:>6} | {:>7}",
+        "WORKLOAD",
+        "CONC",
+        "BOWLINE/s",
+        "p50 ms",
+        "p99 ms",
+        "errs",
+        "ETCD/s",
+        "p50 ms",
+        "p99 ms",
+        "errs",
+        "RATIO"
+    );
+    let cells = |r: Option<&RunStats>| match r {
+        Some(r) => format!(
+            "{:>9.0} {:>8.2} {:>8.2} {:>6}",
+            r.ops_per_sec, r.latency.p50_ms, r.latency.p99_ms, r.errors
+        ),
+        None => format!("{:>9} {:>8} {:>8} {:>6}", "-", "-", "-", "-"),
+    };
+    for row in rows {
+        println!(
+            "{:<28} {:>5} | {} | {} | {:>7}",
+            row.workload,
+            row.concurrency,
+            cells(row.results.get("bowline")),
+            cells(row.results.get("etcd")),
+            row.throughput_ratio
+                .map_or("-".to_string(), |r| format!("{r:.2}x"))
+        );
+    }
+    for row in rows {
+        for (system, r) in &row.results {
+            if let Some(e) = &r.first_error {
+                eprintln!(
+                    "note: {} c={} on {system}: {} errors, first: {e}",
+                    row.workload, row.concurrency, r.errors
+                );
+            }
+        }
+    }
+}
+
+/// Flags of `bowline bench put`.
+#[derive(Debug, Args)]
+pub struct PutBenchArgs {
+    /// Concurrencies to measure (closed loop, one in-flight request per client).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    pub concurrency: Vec<usize>,
+    /// Operations per run (a run also stops after --seconds).
+    #[arg(long, default_value_t = 20_000)]
+    pub ops: u64,
+    /// Seconds per run at most.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Side-by-side flags.
+    #[command(flatten)]
+    pub compare: CompareArgs,
+}
+
+/// Measures one workload on every target, alternating which system goes first so neither
+/// always runs on a warmer (or more fragmented) machine.
+async fn compare<F, Fut>(
+    targets: &[Target],
+    round: usize,
+    workload: String,
+    concurrency: usize,
+    ops: u64,
+    time: Duration,
+    op: F,
+) -> Comparison
+where
+    F: Fn(&Target) -> Box<dyn Fn(usize, u64) -> Fut + Send + Sync>,
+    Fut: Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let mut order: Vec<&Target> = targets.iter().collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    let mut results = Vec::new();
+    for target in order {
+        eprintln!("bench: {workload} c={concurrency} on {}", target.system);
+        let run = op(target);
+        results.push((
+            target.system,
+            closed_loop(concurrency, ops, time, run).await,
+        ));
+    }
+    Comparison::new(workload, concurrency, results)
+}
+
+/// Runs `bowline bench put`.
+pub async fn run_put(args: &PutBenchArgs) -> anyhow::Result<()> {
+    let targets = Target::start_all(&args.compare, &[], &[]).await?;
+    let (ops, time) = if args.compare.quick {
+        (500, Duration::from_secs(2))
+    } else {
+        (args.ops, Duration::from_secs(args.seconds))
+    };
+    let value = Arc::new(value_256());
+    let mut rows = Vec::new();
+    for (round, &concurrency) in args.concurrency.iter().enumerate() {
+        let mut leaders = Vec::new();
+        for t in &targets {
+            leaders.push(t.leader(Duration::from_secs(30)).await?);
+        }
+        let row = compare(&targets, round, "put".into(), concurrency, ops, time, |t| {
+            let leader = leaders[targets
+                .iter()
+                .position(|x| x.system == t.system)
+                .unwrap_or(0)];
+            let client = t.nodes[leader].clone();
+            let value = value.clone();
+            Box::new(move |worker, seq| {
+                let (client, value) = (client.clone(), value.clone());
+                async move {
+                    client
+                        .put(worker, &format!("put-c{concurrency}-{seq}"), &value)
+                        .await
+                }
+            })
+        })
+        .await;
+        rows.push(row);
+    }
+    print_comparisons(&rows);
+    write_json(&args.compare.json, &rows)
+}
+
+/// Flags of `bowline bench read`.
+#[derive(Debug, Args)]
+pub struct ReadBenchArgs {
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Keys written first and then read at random.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+    /// Operations per run (a run also stops after --seconds).
+    #[arg(long, default_value_t = 20_000)]
+    pub ops: u64,
+    /// Seconds per run at most.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Side-by-side flags.
+    #[command(flatten)]
+    pub compare: CompareArgs,
+}
+
+/// Runs `bowline bench read`: linearizable and stale reads against the leader and a follower.
+pub async fn run_read(args: &ReadBenchArgs) -> anyhow::Result<()> {
+    let targets = Target::start_all(&args.compare, &[], &[]).await?;
+    let (ops, time, keys) = if args.compare.quick {
+        (1000, Duration::from_secs(2), 100)
+    } else {
+        (
+            args.ops,
+            Duration::from_secs(args.seconds),
+            args.keys.max(1),
+        )
+    };
+    let value = value_256();
+    for t in &targets {
+        let leader = t.leader(Duration::from_secs(30)).await?;
+        let client = t.nodes[leader].clone();
+        let value = Arc::new(value.clone());
+        let load = closed_loop(16, keys, Duration::from_secs(120), move |w, seq| {
+            let (client, value) = (client.clone(), value.clone());
+            async move { client.put(w, &format!("read-{seq}"), &value).await }
+        })
+        .await;
+        if load.ops < keys {
+            anyhow::bail!(
+                "could not load {keys} keys into {}: {}",
+                t.system,
+                load.first_error.unwrap_or_default()
+            );
+        }
+    }
+    let mut rows = Vec::new();
+    let mut round = 0;
+    for linearizable in [true, false] {
+        for on_leader in [true, false] {
+            let mut nodes = Vec::new();
+            for t in &targets {
+                let leader = t.leader(Duration::from_secs(30)).await?;
+                nodes.push(if on_leader {
+                    leader
+                } else {
+                    t.follower_of(leader)
+                });
+            }
+            let workload = format!(
+                "read {} {}",
+                if linearizable {
+                    "linearizable"
+                } else {
+                    "stale"
+                },
+                if on_leader { "leader" } else { "follower" }
+            );
+            let row = compare(
+                &targets,
+                round,
+                workload,
+                args.concurrency,
+                ops,
+                time,
+                |t| {
+                    let node = nodes[targets
+                        .iter()
+                        .position(|x| x.system == t.system)
+                        .unwrap_or(0)];
+                    let client = t.nodes[node].clone();
+                    Box::new(move |worker, seq| {
+                        let client = client.clone();
+                        async move {
+                            client
+                                .get(
+                                    worker,
+                                    &format!("read-{}", seq.wrapping_mul(7919) % keys),
+                                    linearizable,
+                                )
+                                .await
+                        }
+                    })
+                },
+            )
+            .await;
+            rows.push(row);
+            round += 1;
+        }
+    }
+    print_comparisons(&rows);
+    write_json(&args.compare.json, &rows)
+}
