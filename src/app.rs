@@ -356,7 +356,6 @@ pub async fn run_node(
     let metrics_task = tokio::spawn(crate::admin::track_raft_metrics(
         node.clone(),
         log_store.clone(),
-        state_machine.clone(),
         health_reporter,
     ));
 

@@ -2,7 +2,7 @@
 //!
 //! Keeping it in one place means the log, snapshots and peer RPCs cannot drift apart.
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Upper bound on one decoded value, so a corrupt or hostile length prefix cannot make us
 /// allocate without bound.
@@ -20,6 +20,22 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::Encode
 /// Decodes a value, rejecting trailing bytes (a sign of a different type or corruption).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
     let (value, read) = bincode::serde::decode_from_slice(bytes, config())?;
+    if read != bytes.len() {
+        return Err(bincode::error::DecodeError::OtherString(format!(
+            "{} trailing bytes after the value",
+            bytes.len() - read
+        )));
+    }
+    Ok(value)
+}
+
+/// Decodes a value that may borrow from `bytes` (e.g. a `&[u8]` field), rejecting trailing
+/// bytes. Byte strings decoded into a `Vec<u8>` go through serde's element-by-element
+/// sequence visitor; borrowing them is a single slice, which matters for multi-MiB snapshots.
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<T, bincode::error::DecodeError> {
+    let (value, read) = bincode::serde::borrow_decode_from_slice(bytes, config())?;
     if read != bytes.len() {
         return Err(bincode::error::DecodeError::OtherString(format!(
             "{} trailing bytes after the value",

@@ -27,6 +27,27 @@ pub struct SledLogStore {
     log: sled::Tree,
     /// Vote, committed log id, last purged log id.
     meta: sled::Tree,
+    /// Appends waiting to be reported durable, in log order (see [`group_commit`]).
+    flushes: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Reports appends durable, many per fsync. `append` writes its entries into sled and hands
+/// the callback here at once, so openraft can replicate (and accept more writes) while the
+/// disk works; this thread takes every callback queued so far, flushes once, and fires them
+/// in order. One fsync covers all of them because sled flushes everything written before it.
+fn group_commit(db: sled::Db, pending: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = pending.recv() {
+        let mut batch = vec![first];
+        batch.extend(pending.try_iter());
+        let flushed = db.flush().map(|_| ());
+        for callback in batch {
+            let result = match &flushed {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            callback.log_io_completed(result);
+        }
+    }
 }
 
 fn read_err(subject: ErrorSubject<NodeId>, e: impl std::error::Error + 'static) -> StorageError {
@@ -48,10 +69,17 @@ fn write_err(subject: ErrorSubject<NodeId>, e: impl std::error::Error + 'static)
 impl SledLogStore {
     /// Opens (or creates) the log trees in `db`.
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        let (flushes, pending) = std::sync::mpsc::channel();
+        let flusher_db = db.clone();
+        // The thread ends when the last clone of the store (the last sender) is dropped.
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || group_commit(flusher_db, pending))?;
         Ok(Self {
             db: db.clone(),
             log: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
+            flushes,
         })
     }
 
@@ -217,14 +245,12 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
             .apply_batch(batch)
             .map_err(|e| write_err(ErrorSubject::Logs, e))?;
         // Durable before acknowledged: openraft counts this node towards a commit quorum only
-        // once the callback fires.
-        let flushed = self
-            .db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(std::io::Error::other);
-        callback.log_io_completed(flushed);
+        // once the callback fires, which the group-commit thread does after its fsync.
+        if let Err(std::sync::mpsc::SendError(callback)) = self.flushes.send(callback) {
+            // No flusher (it cannot outlive the store, but never report unflushed data durable).
+            let flushed = self.db.flush_async().await.map(|_| ());
+            callback.log_io_completed(flushed.map_err(std::io::Error::other));
+        }
         Ok(())
     }
 

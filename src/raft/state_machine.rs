@@ -191,7 +191,8 @@ impl SledStateMachine {
     /// Index of the current snapshot, if any (for status).
     pub fn snapshot_index(&self) -> Option<u64> {
         let bytes = self.snapshots.get(KEY_CURRENT_SNAPSHOT).ok().flatten()?;
-        let (meta, _): (SnapshotMeta<NodeId, NodeAddr>, Vec<u8>) = codec::decode(&bytes).ok()?;
+        let (meta, _): (SnapshotMeta<NodeId, NodeAddr>, &[u8]) =
+            codec::decode_borrowed(&bytes).ok()?;
         meta.last_log_id.map(|l| l.index)
     }
 
@@ -444,11 +445,11 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         else {
             return Ok(None);
         };
-        let (meta, data): (SnapshotMeta<NodeId, NodeAddr>, Vec<u8>) = codec::decode(&bytes)
+        let (meta, data): (SnapshotMeta<NodeId, NodeAddr>, &[u8]) = codec::decode_borrowed(&bytes)
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(data.to_vec())),
         }))
     }
 }
