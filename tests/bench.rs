@@ -1,0 +1,111 @@
+//! Smoke runs of the side-by-side benchmarks (`--quick`): each starts a real three-node
+//! Bowline cluster and a real three-member etcd cluster (Debian's `etcd-server`, which
+//! `scripts/test` installs) and drives both with the same client loop. These check that the
+//! harness measures what it claims (both systems ran, no request failed, every figure is
+//! present); the figures themselves are reported, never asserted.
+
+mod common;
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = std::process::Command::new(common::bowline_bin())
+        .arg("bench")
+        .args(args)
+        .args(["--quick", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "bowline bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
+}
+
+fn assert_both_systems_ran_cleanly(rows: &Value) {
+    let rows = rows.as_array().unwrap();
+    assert!(!rows.is_empty());
+    for row in rows {
+        for system in ["bowline", "etcd"] {
+            let r = &row["results"][system];
+            assert!(
+                r["ops"].as_u64().unwrap() > 0,
+                "{system} did nothing: {row}"
+            );
+            assert_eq!(r["errors"], 0, "{system} had errors: {row}");
+            assert!(r["latency"]["p99_ms"].as_f64().unwrap() > 0.0, "{row}");
+        }
+        assert!(row["throughput_ratio"].as_f64().unwrap() > 0.0, "{row}");
+    }
+}
+
+#[test]
+fn put_bench_measures_bowline_and_etcd_side_by_side() {
+    let rows = bench(&["put"]);
+    assert_both_systems_ran_cleanly(&rows);
+    let concurrencies: Vec<u64> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["concurrency"].as_u64().unwrap())
+        .collect();
+    assert_eq!(concurrencies, [1, 16, 64, 256]);
+}
+
+#[test]
+fn read_bench_covers_both_consistencies_on_leader_and_follower() {
+    let rows = bench(&["read"]);
+    assert_both_systems_ran_cleanly(&rows);
+    let workloads: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        workloads,
+        [
+            "read linearizable leader",
+            "read linearizable follower",
+            "read stale leader",
+            "read stale follower"
+        ]
+    );
+}
+
+#[test]
+fn failover_bench_kills_each_leader_and_measures_the_write_gap() {
+    let runs = bench(&["failover"]);
+    let runs = runs.as_array().unwrap();
+    for system in ["bowline", "etcd"] {
+        let run = runs
+            .iter()
+            .find(|r| r["system"] == system)
+            .unwrap_or_else(|| panic!("no {system} run: {runs:?}"));
+        assert!(
+            run["write_gap_ms"].is_u64(),
+            "{system} never accepted a write after its leader was killed: {run}"
+        );
+        assert!(run["acknowledged"].as_u64().unwrap() > 0, "{run}");
+    }
+}
+
+#[test]
+fn disk_bench_reports_data_directory_and_memory_for_both() {
+    let points = bench(&["disk"]);
+    let points = points.as_array().unwrap();
+    for system in ["bowline", "etcd"] {
+        let last = points
+            .iter()
+            .rfind(|p| p["system"] == system)
+            .unwrap_or_else(|| panic!("no {system} point: {points:?}"));
+        assert_eq!(last["writes"], 2000, "{last}");
+        assert!(last["data_dir_mib"].as_f64().unwrap() > 0.0, "{last}");
+        assert!(last["rss_mib"].as_f64().unwrap() > 0.0, "{last}");
+    }
+}
