@@ -60,11 +60,15 @@ pub struct RaftTuning {
 
 impl Default for RaftTuning {
     fn default() -> Self {
-        // Elections at 10x the heartbeat and well above an fsync'd append round trip.
+        // openraft 0.9 makes a follower that knew a leader wait the leader lease (the maximum
+        // election timeout) *plus* a random election timeout before it campaigns, so a dead
+        // leader is replaced after max + [min, max): 650-800 ms here, which keeps the write
+        // gap after losing the leader under a second. Five missed heartbeats in a row are
+        // still needed before anyone campaigns.
         Self {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 400,
             snapshot_every: 10_000,
             logs_to_keep: 1_000,
         }

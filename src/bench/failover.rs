@@ -42,6 +42,8 @@ pub struct FailoverRun {
     pub round: usize,
     /// Fault → first acknowledged write sent after the fault (ms); None if none came in 30 s.
     pub write_gap_ms: Option<u64>,
+    /// Fault → a surviving node reports itself leader (ms), polled every 10 ms.
+    pub new_leader_ms: Option<u64>,
     /// Writes acknowledged during the round.
     pub acknowledged: u64,
     /// Attempts that failed or timed out during the round.
@@ -75,16 +77,17 @@ pub async fn run(args: &FailoverBenchArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "{:<8} {:>5} {:>12} {:>8} {:>8}",
-        "SYSTEM", "ROUND", "WRITE GAP", "ACKED", "FAILED"
+        "{:<8} {:>5} {:>12} {:>11} {:>8} {:>8}",
+        "SYSTEM", "ROUND", "WRITE GAP", "NEW LEADER", "ACKED", "FAILED"
     );
+    let ms = |v: Option<u64>| v.map_or("none".to_string(), |g| format!("{g} ms"));
     for r in &runs {
         println!(
-            "{:<8} {:>5} {:>12} {:>8} {:>8}",
+            "{:<8} {:>5} {:>12} {:>11} {:>8} {:>8}",
             r.system.to_string(),
             r.round,
-            r.write_gap_ms
-                .map_or("none".to_string(), |g| format!("{g} ms")),
+            ms(r.write_gap_ms),
+            ms(r.new_leader_ms),
             r.acknowledged,
             r.failed_attempts
         );
@@ -145,7 +148,11 @@ async fn one_round(
     kill(target, leader);
     let deadline = fault + Duration::from_secs(30);
     let mut write_gap_ms = None;
+    let mut new_leader_ms = None;
     while Instant::now() < deadline {
+        if new_leader_ms.is_none() && target.leader_now().await.is_some_and(|l| l != leader) {
+            new_leader_ms = Some(fault.elapsed().as_millis() as u64);
+        }
         let first = acks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -154,8 +161,10 @@ async fn one_round(
             .map(|(_, acked)| *acked)
             .min();
         if let Some(first) = first {
-            write_gap_ms = Some(first.duration_since(fault).as_millis() as u64);
-            break;
+            write_gap_ms.get_or_insert(first.duration_since(fault).as_millis() as u64);
+            if new_leader_ms.is_some() {
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -171,6 +180,7 @@ async fn one_round(
         system: target.system,
         round,
         write_gap_ms,
+        new_leader_ms,
         acknowledged,
         failed_attempts: (failed.load(Ordering::Relaxed) - failed_before) as u64,
     })

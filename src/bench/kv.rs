@@ -241,7 +241,8 @@ impl Target {
         }
     }
 
-    async fn leader_now(&self) -> Option<usize> {
+    /// The index of the node that leads right now, if one does and answers.
+    pub async fn leader_now(&self) -> Option<usize> {
         match self.system {
             System::Etcd => match &self.etcd {
                 Some(cluster) => cluster.leader().await,

@@ -41,13 +41,13 @@ pub struct ServeArgs {
     /// `new` to bootstrap with --initial-cluster; `existing` to wait for `bowline cluster add`.
     #[arg(long, env = "BOWLINE_INITIAL_CLUSTER_STATE", value_enum)]
     pub initial_cluster_state: Option<ClusterState>,
-    /// Raft heartbeat interval in milliseconds. [default: 100]
+    /// Raft heartbeat interval in milliseconds. [default: 50]
     #[arg(long, env = "BOWLINE_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Minimum election timeout in milliseconds. [default: 500]
+    /// Minimum election timeout in milliseconds. [default: 250]
     #[arg(long, env = "BOWLINE_ELECTION_TIMEOUT_MIN_MS")]
     pub election_timeout_min_ms: Option<u64>,
-    /// Maximum election timeout in milliseconds. [default: 1000]
+    /// Maximum election timeout in milliseconds. [default: 400]
     #[arg(long, env = "BOWLINE_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
     /// Build a snapshot (and purge the log below it) every N entries. [default: 10000]
