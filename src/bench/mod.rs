@@ -5,6 +5,7 @@
 pub mod chaos;
 pub mod cluster;
 pub mod health;
+pub mod netns;
 pub mod watch;
 pub mod xds;
 
