@@ -4,9 +4,11 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod dataplane;
 pub mod health;
 pub mod netns;
 pub mod watch;
+pub mod workloads;
 pub mod xds;
 
 use clap::{Args, Subcommand};
