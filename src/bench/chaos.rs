@@ -95,7 +95,9 @@ pub struct ChaosResult {
     pub failed_requests: Option<u64>,
     /// Fault → the first probe-driven health transition committed after it (ms).
     pub health_resume_ms: Option<u64>,
-    /// Fault → a weight change, written right after the fault, shown by Envoy (ms).
+    /// Fault → acknowledgement of a weight change written right after the fault (ms).
+    pub config_acked_ms: Option<u64>,
+    /// Fault → that weight change shown by Envoy's admin `/clusters` (ms).
     pub config_to_envoy_ms: Option<u64>,
     /// Partitions: writes the cut-off node acknowledged while cut (must be 0).
     pub minority_acks: Option<usize>,
@@ -289,16 +291,23 @@ async fn run_one(name: &str, args: &ChaosArgs, round: usize) -> anyhow::Result<C
     let health = tokio::spawn(async move {
         ProbeTarget::wait_for(&health_client, "unhealthy", Instant::now() + WAIT).await
     });
+    // The change goes out as an operator's client would send it: failing over at once
+    // from a node that refuses, and, after a timeout (ambiguous, so the client returns it),
+    // retried from the next node.
+    let rotations = (0..n)
+        .map(|i| client(&starting_at(&endpoints, i), short, Duration::from_secs(2)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let config = data_plane.as_ref().map(|plane| {
         let change = plane.reweighted(1, CHANGED_WEIGHT);
         let watch = plane.weight_watch(1, CHANGED_WEIGHT);
-        let clients = pinned.clone();
+        let clients = rotations;
         tokio::spawn(async move {
             let deadline = Instant::now() + WAIT;
             register_endpoint_until(&clients, change, deadline)
                 .await
                 .ok()?;
-            watch.wait(deadline).await
+            let acked = Instant::now();
+            Some((acked, watch.wait(deadline).await))
         })
     });
     let healed = Arc::new(AtomicBool::new(false));
@@ -402,10 +411,12 @@ async fn run_one(name: &str, args: &ChaosArgs, round: usize) -> anyhow::Result<C
         None => None,
     };
     let health_resume_ms = ms_since(fault, health.await.ok().flatten());
-    let config_to_envoy_ms = match config {
-        Some(task) => ms_since(fault, task.await.ok().flatten()),
-        None => None,
+    let (config_acked, config_in_envoy) = match config {
+        Some(task) => task.await.ok().flatten().unzip(),
+        None => (None, None),
     };
+    let config_acked_ms = ms_since(fault, config_acked);
+    let config_to_envoy_ms = ms_since(fault, config_in_envoy.flatten());
 
     // Check: every acknowledged write is there (linearizable listing).
     let listing = admin
@@ -460,6 +471,7 @@ async fn run_one(name: &str, args: &ChaosArgs, round: usize) -> anyhow::Result<C
         requests: load.as_ref().map(|_| requests),
         failed_requests: load.as_ref().map(|_| failed),
         health_resume_ms,
+        config_acked_ms,
         config_to_envoy_ms,
         minority_acks,
         stale_reads,
@@ -469,45 +481,67 @@ async fn run_one(name: &str, args: &ChaosArgs, round: usize) -> anyhow::Result<C
 }
 
 fn print_table(results: &[ChaosResult]) {
-    println!(
-        "{:<28} {:>6} {:>4} {:>4} {:>5} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>10} {:>8}",
+    const HEADER: [&str; 12] = [
         "SCENARIO",
         "ACKED",
         "LOST",
         "GAPS",
-        "DISOR",
-        "LEADER",
-        "WRGAP",
-        "REQS",
+        "DISORDER",
+        "NEW LEADER",
+        "WRITE GAP",
+        "REQUESTS",
         "FAILED",
         "HEALTH",
-        "CONFIG",
-        "CUT ACK/STALE/REFUSED",
-        "REJOIN"
-    );
+        "CONFIG ACK/ENVOY",
+        "CUT ACKS/STALE/REFUSED, REJOIN",
+    ];
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v}ms"));
     let n = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-    for r in results {
-        let cut = match (r.minority_acks, r.stale_reads, r.refused_reads) {
-            (Some(a), Some(s), Some(f)) => format!("{a}/{s}/{f}"),
-            _ => "-".to_string(),
-        };
-        println!(
-            "{:<28} {:>6} {:>4} {:>4} {:>5} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>21} {:>8}",
-            r.scenario,
-            r.acknowledged,
-            r.lost,
-            r.watch_gaps,
-            r.watch_disorder,
-            ms(r.new_leader_ms),
-            ms(r.write_gap_ms),
-            n(r.requests),
-            n(r.failed_requests),
-            ms(r.health_resume_ms),
-            ms(r.config_to_envoy_ms),
-            cut,
-            ms(r.rejoin_ms),
-        );
+    let rows: Vec<[String; 12]> = results
+        .iter()
+        .map(|r| {
+            let cut = match (r.minority_acks, r.stale_reads, r.refused_reads) {
+                (Some(a), Some(s), Some(f)) => format!("{a}/{s}/{f}, {}", ms(r.rejoin_ms)),
+                _ => "-".to_string(),
+            };
+            [
+                r.scenario.clone(),
+                r.acknowledged.to_string(),
+                r.lost.to_string(),
+                r.watch_gaps.to_string(),
+                r.watch_disorder.to_string(),
+                ms(r.new_leader_ms),
+                ms(r.write_gap_ms),
+                n(r.requests),
+                n(r.failed_requests),
+                ms(r.health_resume_ms),
+                format!("{}/{}", ms(r.config_acked_ms), ms(r.config_to_envoy_ms)),
+                cut,
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..HEADER.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .fold(HEADER[c].len(), usize::max)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (cell, w))| match c {
+                0 => format!("{cell:<w$}"),
+                _ => format!("{cell:>w$}"),
+            })
+            .collect();
+        println!("{}", padded.join("  "));
+    };
+    line(HEADER.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
     }
     println!(
         "write timeout {} ms per attempt; data plane: {}",
