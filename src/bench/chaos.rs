@@ -279,7 +279,7 @@ async fn run_one(name: &str, args: &ChaosArgs, round: usize) -> anyhow::Result<C
         "kill-follower" | "wipe-follower" => cluster.kill(follower_index),
         "pause-leader" => cluster.pause(leader_index),
         "crash-all" => (0..n).for_each(|i| cluster.kill(i)),
-        "rolling-restart" => cluster.stop(0),
+        "rolling-restart" => cluster.stop(0).await,
         _ => cluster.isolate(cut_node)?,
     }
     // A cut takes a few iptables runs; it is in force only once they are all done.
@@ -344,7 +344,7 @@ async fn run_one(name: &str, args: &ChaosArgs, round: usize) -> anyhow::Result<C
             cluster.spawn(0, &[])?;
             cluster.wait_ready(WAIT).await?;
             for i in 1..n {
-                cluster.stop(i);
+                cluster.stop(i).await;
                 cluster.spawn(i, &[])?;
                 cluster.wait_ready(WAIT).await?;
             }

@@ -190,10 +190,16 @@ impl LocalCluster {
         self.signal(i, libc::SIGCONT);
     }
 
-    /// SIGTERMs node `i` and waits for it to exit.
-    pub fn stop(&mut self, i: usize) {
+    /// SIGTERMs node `i` and waits for it to exit (SIGKILL after 30 s). Polls rather than
+    /// blocking in `wait`, so the workloads sharing the runtime keep running meanwhile.
+    pub async fn stop(&mut self, i: usize) {
         self.signal(i, libc::SIGTERM);
         if let Some(mut child) = self.children[i].take() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while matches!(child.try_wait(), Ok(None)) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = child.kill();
             let _ = child.wait();
         }
     }
