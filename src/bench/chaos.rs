@@ -282,8 +282,14 @@ async fn run_one(name: &str, args: &ChaosArgs, round: usize) -> anyhow::Result<C
         "rolling-restart" => cluster.stop(0).await,
         _ => cluster.isolate(cut_node)?,
     }
-    // A cut takes a few iptables runs; it is in force only once they are all done.
-    let fault = if partition { Instant::now() } else { injected };
+    // The fault counts from when it is in force: a cut takes a few iptables runs and
+    // crash-all three kills, and writes acknowledged meanwhile say nothing about the gap.
+    // A rolling restart is in force from the first SIGTERM.
+    let fault = if name == "rolling-restart" {
+        injected
+    } else {
+        Instant::now()
+    };
     probe_target.close();
 
     // Timings run alongside the rest of the scenario.
@@ -567,7 +573,13 @@ pub async fn run(args: &ChaosArgs) -> anyhow::Result<()> {
     for name in &scenarios {
         for round in 0..args.repeat.max(1) {
             eprintln!("chaos: {name} (round {})", round + 1);
-            results.push(run_one(name, args, round).await?);
+            // On Ctrl-C the run is dropped rather than the process killed, so the cluster's
+            // processes, namespaces and iptables rules are removed by their Drop guards.
+            let result = tokio::select! {
+                result = run_one(name, args, round) => result?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; cleaned up"),
+            };
+            results.push(result);
         }
     }
     print_table(&results);
