@@ -209,7 +209,8 @@ async fn run_one(name: &str, args: &ChaosArgs, round: usize) -> anyhow::Result<C
         .collect::<anyhow::Result<_>>()?;
     let setup_leader = (leader(&admin).await.unwrap_or(1) - 1) as usize;
 
-    // The data plane hangs off a follower, so leader faults test failover, not Envoy's own.
+    // Envoy attaches to a follower no scenario faults (unless the leader moves there), so
+    // the data plane shows the mesh riding out a control-plane fault, not Envoy's reconnect.
     let envoy_node = (setup_leader + 2) % n;
     let mut data_plane = match envoy_from_env() {
         Some(envoy) => {
