@@ -86,7 +86,7 @@ pub async fn register_endpoint_until(
         endpoint: Some(endpoint),
         expected_revision: None,
     };
-    for attempt in 0usize.. {
+    for attempt in 0..10_000usize {
         let result = clients[attempt % clients.len()]
             .registry_write(|mut c| {
                 let request = request.clone();
