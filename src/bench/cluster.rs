@@ -1,12 +1,15 @@
 //! A throwaway local cluster for benchmarks and chaos runs: `bowline serve` children on free
 //! loopback ports with fresh data directories (removed on drop), which can be killed,
-//! paused, restarted and wiped.
+//! paused, restarted and wiped; or, for partitions, each node in its own network namespace
+//! (see [`Netns`]), where it can also be cut off from its peers.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+
+use super::netns::Netns;
 
 /// A running local cluster.
 pub struct LocalCluster {
@@ -20,6 +23,8 @@ pub struct LocalCluster {
     children: Vec<Option<Child>>,
     /// Data directories' parent, removed on drop.
     dir: PathBuf,
+    /// The nodes' namespaces, when they run in their own (dropped after the nodes are killed).
+    netns: Option<Netns>,
 }
 
 /// A loopback port nothing listens on right now.
@@ -32,9 +37,6 @@ pub fn free_port() -> anyhow::Result<u16> {
 impl LocalCluster {
     /// Starts `n` nodes (extra `serve` flags appended) and waits until every node is ready.
     pub async fn start(n: u64, extra: &[String]) -> anyhow::Result<LocalCluster> {
-        let dir = std::env::temp_dir().join(format!("bowline-bench-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
         let mut peers = Vec::new();
         let mut client_addrs = Vec::new();
         let mut admin_addrs = Vec::new();
@@ -43,13 +45,40 @@ impl LocalCluster {
             client_addrs.push(format!("127.0.0.1:{}", free_port()?));
             admin_addrs.push(format!("127.0.0.1:{}", free_port()?));
         }
+        Self::start_on(peers, client_addrs, admin_addrs, extra, None).await
+    }
+
+    /// Starts `n` nodes each in its own network namespace, at its own address with fixed
+    /// ports, so that [`isolate`](Self::isolate) can cut a node off; needs root and `ip`.
+    pub async fn start_partitionable(n: u64, extra: &[String]) -> anyhow::Result<LocalCluster> {
+        let netns = Netns::create(n as usize)?;
+        let addrs = |port: u16| {
+            (0..n as usize)
+                .map(|i| format!("{}:{port}", netns.node_ip(i)))
+                .collect::<Vec<_>>()
+        };
+        let (peers, clients, admins) = (addrs(7300), addrs(7301), addrs(7302));
+        Self::start_on(peers, clients, admins, extra, Some(netns)).await
+    }
+
+    async fn start_on(
+        peers: Vec<String>,
+        client_addrs: Vec<String>,
+        admin_addrs: Vec<String>,
+        extra: &[String],
+        netns: Option<Netns>,
+    ) -> anyhow::Result<LocalCluster> {
+        let n = peers.len();
+        let dir = std::env::temp_dir().join(format!("bowline-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
         let initial = peers
             .iter()
             .enumerate()
             .map(|(i, p)| format!("{}={p}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let args = (0..n as usize)
+        let args = (0..n)
             .map(|i| {
                 let mut a = vec![
                     "serve".to_string(),
@@ -73,8 +102,9 @@ impl LocalCluster {
             args,
             children: (0..n).map(|_| None).collect(),
             dir,
+            netns,
         };
-        for i in 0..n as usize {
+        for i in 0..n {
             cluster.spawn(i, &[])?;
         }
         cluster.wait_ready(Duration::from_secs(60)).await?;
@@ -87,7 +117,17 @@ impl LocalCluster {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("node-{}.log", i + 1)))?;
-        let child = Command::new(std::env::current_exe()?)
+        let exe = std::env::current_exe()?;
+        let mut command = match &self.netns {
+            Some(netns) => {
+                // `ip netns exec` execs the node in place, so the child's pid is the node's.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns.namespace(i)]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let child = command
             .args(&self.args[i])
             .args(more)
             .env("RUST_LOG", "warn")
@@ -151,10 +191,16 @@ impl LocalCluster {
         self.signal(i, libc::SIGCONT);
     }
 
-    /// SIGTERMs node `i` and waits for it to exit.
-    pub fn stop(&mut self, i: usize) {
+    /// SIGTERMs node `i` and waits for it to exit (SIGKILL after 30 s). Polls rather than
+    /// blocking in `wait`, so the workloads sharing the runtime keep running meanwhile.
+    pub async fn stop(&mut self, i: usize) {
         self.signal(i, libc::SIGTERM);
         if let Some(mut child) = self.children[i].take() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while matches!(child.try_wait(), Ok(None)) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = child.kill();
             let _ = child.wait();
         }
     }
@@ -177,6 +223,31 @@ impl LocalCluster {
     /// Number of nodes.
     pub fn len(&self) -> usize {
         self.children.len()
+    }
+
+    /// The address nodes reach this process at (for probe targets the runner serves).
+    pub fn host_ip(&self) -> String {
+        self.netns
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_string(), Netns::host_ip)
+    }
+
+    /// Cuts node `i` off from every other node, both ways; clients still reach it. Only for
+    /// clusters started with [`start_partitionable`](Self::start_partitionable).
+    pub fn isolate(&self, i: usize) -> anyhow::Result<()> {
+        let peers: Vec<usize> = (0..self.len()).filter(|p| *p != i).collect();
+        self.partitions()?.cut(i, &peers)
+    }
+
+    /// Undoes [`isolate`](Self::isolate).
+    pub fn heal(&self, i: usize) -> anyhow::Result<()> {
+        self.partitions()?.heal(i)
+    }
+
+    fn partitions(&self) -> anyhow::Result<&Netns> {
+        self.netns
+            .as_ref()
+            .context("this cluster runs on loopback; partitions need start_partitionable")
     }
 
     /// Whether the cluster has no nodes.

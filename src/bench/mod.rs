@@ -4,12 +4,15 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod dataplane;
 pub mod disk;
 pub mod etcd;
 pub mod failover;
 pub mod health;
 pub mod kv;
+pub mod netns;
 pub mod watch;
+pub mod workloads;
 pub mod xds;
 
 use clap::{Args, Subcommand};
