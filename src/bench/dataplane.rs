@@ -152,15 +152,10 @@ struct Backend {
     port: u16,
     /// The `bowline echo` process.
     child: Option<Child>,
-    /// An in-process stand-in, when `bowline echo` cannot start (see [`Backend::start`]).
-    inline: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Backend {
-    /// Starts `bowline echo` and waits until it accepts connections. Debug builds of
-    /// `bowline echo` abort at start (clap rejects its `--version` flag, which clashes with
-    /// the generated one: a bug in src/cli/tools.rs); then the same answer is served
-    /// in-process, with a warning, so the data-plane workload still runs.
+    /// Starts `bowline echo` and waits until it accepts connections.
     async fn start(exe: &Path, k: usize, dir: &Path) -> anyhow::Result<Backend> {
         let port = free_port()?;
         let name = format!("backend-{k}");
@@ -181,7 +176,6 @@ impl Backend {
         let mut backend = Backend {
             port,
             child: Some(child),
-            inline: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -196,13 +190,10 @@ impl Backend {
                 None => true,
             };
             if exited {
-                eprintln!(
-                    "chaos: `bowline echo` exited at start (log in {}); serving {name} in-process",
+                bail!(
+                    "`bowline echo` {name} exited at start (log in {})",
                     dir.display()
                 );
-                backend.child = None;
-                backend.inline = Some(serve_inline(port, format!("{name} v1\n")).await?);
-                return Ok(backend);
             }
             if Instant::now() > deadline {
                 bail!("bowline echo {name} did not listen on 127.0.0.1:{port} within 10 s");
@@ -214,47 +205,11 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        if let Some(task) = &self.inline {
-            task.abort();
-        }
         if let Some(child) = &mut self.child {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
-}
-
-/// Answers every HTTP/1.1 request on 127.0.0.1:`port` with `body` (keep-alive), as
-/// `bowline echo` does.
-async fn serve_inline(port: u16, body: String) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    let reply = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    Ok(tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let reply = reply.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut pending = Vec::new();
-                while let Ok(n @ 1..) = socket.read(&mut buf).await {
-                    pending.extend_from_slice(&buf[..n]);
-                    // Bounded: a client that never ends its headers is dropped.
-                    if pending.len() > 64 * 1024 {
-                        return;
-                    }
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        pending.drain(..end + 4);
-                        if socket.write_all(reply.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    }))
 }
 
 impl DataPlane {

@@ -107,6 +107,8 @@ pub enum Command {
     /// Exit 0 when a node's admin port says it is ready (a healthcheck for containers).
     Ready(tools::ReadyArgs),
     /// A demo HTTP backend that answers with its name and version.
+    // Its own `--version` (the version it answers with) replaces the generated flag.
+    #[command(disable_version_flag = true)]
     Echo(tools::EchoArgs),
     /// Benchmarks (start a local cluster unless given --bench-endpoints).
     #[command(subcommand)]

@@ -309,9 +309,12 @@ fn apply_inner(
             ))
         }
         Command::ClaimProber { term } => {
-            if *term <= state.prober_term {
+            // A term has one leader, so an equal claim can only come from that leader again:
+            // restarted quickly, it keeps its term (openraft restores its vote) and must be
+            // able to resume probing. Only older terms are fenced out.
+            if *term < state.prober_term {
                 return Err(ApplyError::FailedPrecondition(format!(
-                    "prober term {term} is not newer than the current claim {}",
+                    "prober term {term} is older than the current claim {}",
                     state.prober_term
                 )));
             }
@@ -577,6 +580,23 @@ mod tests {
         .0
         .unwrap();
         state
+    }
+
+    #[test]
+    fn a_leader_restarted_in_its_own_term_may_claim_probing_again_but_an_older_term_may_not() {
+        let mut state = RegistryState::default();
+        apply_command(&mut state, 1, &Command::ClaimProber { term: 4 })
+            .0
+            .unwrap();
+        // The same leader, back within term 4 after a crash.
+        let (again, _) = apply_command(&mut state, 2, &Command::ClaimProber { term: 4 });
+        assert!(again.is_ok(), "{again:?}");
+        let (older, _) = apply_command(&mut state, 3, &Command::ClaimProber { term: 3 });
+        assert!(
+            matches!(older, Err(ApplyError::FailedPrecondition(ref m)) if m.contains("older")),
+            "{older:?}"
+        );
+        assert_eq!(state.prober_term, 4);
     }
 
     #[test]
