@@ -50,10 +50,10 @@ pub struct ServeArgs {
     /// Maximum election timeout in milliseconds. [default: 400]
     #[arg(long, env = "BOWLINE_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
-    /// Build a snapshot (and purge the log below it) every N entries. [default: 10000]
+    /// Build a snapshot (and purge the log below it) every N entries. [default: 100000]
     #[arg(long, env = "BOWLINE_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
-    /// Log entries kept below the latest snapshot. [default: 1000]
+    /// Log entries kept below the latest snapshot. [default: 10000]
     #[arg(long, env = "BOWLINE_LOGS_TO_KEEP")]
     pub logs_to_keep: Option<u64>,
     /// How long a client request may wait for a leader, in milliseconds. [default: 5000]
