@@ -12,8 +12,12 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use super::cluster::LocalCluster;
+use super::etcd::{self, EtcdCluster};
+use super::kv::System;
 use super::{micros_histogram, write_json, CommonArgs, Latency};
 use crate::client::{Client, ClientOptions};
+use crate::proto::etcd::watch_client::WatchClient as EtcdWatchClient;
+use crate::proto::etcd::{watch_request, PutRequest, WatchCreateRequest};
 use crate::proto::v1 as pb;
 use crate::proto::v1::watch_client::WatchClient;
 
@@ -32,6 +36,13 @@ pub struct WatchBenchArgs {
     /// HTTP/2 connections the watchers share (per node).
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
+    /// Use an existing etcd cluster (client addresses host:port) instead of starting three
+    /// members of the distribution's `etcd`.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Measure Bowline only (when etcd is not installed).
+    #[arg(long)]
+    pub no_etcd: bool,
     /// Common flags.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -40,6 +51,8 @@ pub struct WatchBenchArgs {
 /// The result of one run.
 #[derive(Debug, Serialize)]
 pub struct WatchBenchResult {
+    /// Which system.
+    pub system: System,
     /// Watchers.
     pub watchers: usize,
     /// Writes made.
@@ -137,12 +150,7 @@ async fn one_run(
             received
         }));
     }
-    while ready.load(Ordering::Relaxed) < watchers {
-        if Instant::now() > deadline {
-            anyhow::bail!("watchers did not all connect");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_connected(&ready, watchers, deadline).await?;
 
     // Paced writes; the acknowledgement time of each revision is the reference.
     let mut acked: HashMap<u64, Instant> = HashMap::with_capacity(writes);
@@ -170,6 +178,30 @@ async fn one_run(
         acked.insert(revision, now);
     }
 
+    summarize(
+        System::Bowline,
+        watchers,
+        tasks,
+        &acked,
+        write_latency,
+        began,
+    )
+    .await
+}
+
+/// Received (revision, arrival) pairs of one watcher.
+type Received = tokio::task::JoinHandle<Vec<(u64, Instant)>>;
+
+/// Acknowledgement → delivery over every (watcher, write), and the deliveries missing.
+async fn summarize(
+    system: System,
+    watchers: usize,
+    tasks: Vec<Received>,
+    acked: &HashMap<u64, Instant>,
+    write_latency: hdrhistogram::Histogram<u64>,
+    began: Instant,
+) -> anyhow::Result<WatchBenchResult> {
+    let writes = acked.len();
     let mut delivery = micros_histogram();
     let mut delivered = 0u64;
     let mut last_delivery = began;
@@ -186,6 +218,7 @@ async fn one_run(
         }
     }
     Ok(WatchBenchResult {
+        system,
         watchers,
         writes,
         write_latency: Latency::from_micros(&write_latency),
@@ -193,6 +226,117 @@ async fn one_run(
         missed: (watchers * writes) as u64 - delivered,
         seconds: last_delivery.duration_since(began).as_secs_f64(),
     })
+}
+
+async fn wait_connected(
+    ready: &AtomicUsize,
+    watchers: usize,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    while ready.load(Ordering::Relaxed) < watchers {
+        if Instant::now() > deadline {
+            anyhow::bail!("watchers did not all connect");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The same run against etcd: one watch stream per watcher on the key prefix of one
+/// "service", spread over every member; a paced writer puts keys under it.
+async fn one_run_etcd(
+    endpoints: &[String],
+    watchers: usize,
+    args: &WatchBenchArgs,
+) -> anyhow::Result<WatchBenchResult> {
+    let prefix = format!("bench-watch-{watchers}/");
+    let mut channels = Vec::new();
+    for endpoint in endpoints {
+        for _ in 0..args.connections {
+            channels.push(etcd::channel(endpoint)?);
+        }
+    }
+    let mut writer = crate::proto::etcd::kv_client::KvClient::new(channels[0].clone());
+    let put = |i: usize| PutRequest {
+        key: format!("{prefix}e{}", i % 16).into_bytes(),
+        value: format!("127.0.0.1:{}", 10_000 + i).into_bytes(),
+        ..Default::default()
+    };
+    let start = writer
+        .put(put(0))
+        .await?
+        .into_inner()
+        .header
+        .map_or(0, |h| h.revision)
+        + 1;
+    let ready = Arc::new(AtomicUsize::new(0));
+    let writes = args.writes;
+    let deadline = Instant::now() + Duration::from_secs(writes as u64 / args.rate.max(1) + 60);
+    let mut tasks = Vec::with_capacity(watchers);
+    for w in 0..watchers {
+        let channel = channels[w % channels.len()].clone();
+        let ready = ready.clone();
+        let create = WatchCreateRequest {
+            key: prefix.clone().into_bytes(),
+            // The prefix's range end: the last byte ('/') plus one.
+            range_end: format!("bench-watch-{watchers}0").into_bytes(),
+            start_revision: start as i64,
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut received: Vec<(u64, Instant)> = Vec::with_capacity(writes);
+            let request = crate::proto::etcd::WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+            };
+            // The request stream stays open (a closed send side cancels etcd's watches).
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let _ = tx.send(request).await;
+            let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let response = EtcdWatchClient::new(channel).watch(outbound).await;
+            ready.fetch_add(1, Ordering::Relaxed);
+            let Ok(response) = response else {
+                return received;
+            };
+            let mut stream = response.into_inner();
+            while received.len() < writes {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(remaining, stream.message()).await {
+                    Ok(Ok(Some(msg))) => {
+                        let now = Instant::now();
+                        received.extend(
+                            msg.events
+                                .iter()
+                                .filter_map(|e| e.kv.as_ref())
+                                .map(|kv| (kv.mod_revision as u64, now)),
+                        );
+                    }
+                    _ => break,
+                }
+            }
+            drop(tx);
+            received
+        }));
+    }
+    wait_connected(&ready, watchers, deadline).await?;
+
+    let mut acked: HashMap<u64, Instant> = HashMap::with_capacity(writes);
+    let mut write_latency = micros_histogram();
+    let interval = Duration::from_micros(1_000_000 / args.rate.max(1));
+    let began = Instant::now();
+    for i in 0..writes {
+        tokio::time::sleep_until((began + interval * i as u32).into()).await;
+        let sent = Instant::now();
+        let revision = writer
+            .put(put(i + 1))
+            .await?
+            .into_inner()
+            .header
+            .map_or(0, |h| h.revision);
+        let now = Instant::now();
+        let _ = write_latency.record(now.duration_since(sent).as_micros().max(1) as u64);
+        acked.insert(revision as u64, now);
+    }
+    summarize(System::Etcd, watchers, tasks, &acked, write_latency, began).await
 }
 
 /// Runs `bowline bench watch`.
@@ -204,6 +348,15 @@ pub async fn run(args: &WatchBenchArgs) -> anyhow::Result<()> {
         (Some(cluster), endpoints)
     } else {
         (None, args.common.bench_endpoints.clone())
+    };
+    let (etcd_cluster, etcd_endpoints) = if args.no_etcd {
+        (None, Vec::new())
+    } else if args.etcd_endpoints.is_empty() {
+        let cluster = EtcdCluster::start(3, &[]).await?;
+        let endpoints = cluster.client_addrs.clone();
+        (Some(cluster), endpoints)
+    } else {
+        (None, args.etcd_endpoints.clone())
     };
     let watcher_counts: Vec<usize> = if args.common.quick {
         vec![100]
@@ -225,17 +378,31 @@ pub async fn run(args: &WatchBenchArgs) -> anyhow::Result<()> {
             writes: run_args_writes,
             rate: args.rate,
             connections: args.connections,
+            etcd_endpoints: Vec::new(),
+            no_etcd: args.no_etcd,
             common: args.common.clone(),
         };
         results.push(one_run(&endpoints, watchers, &quick_args).await?);
+        if !etcd_endpoints.is_empty() {
+            eprintln!("watch: the same on etcd …");
+            results.push(one_run_etcd(&etcd_endpoints, watchers, &quick_args).await?);
+        }
     }
     println!(
-        "{:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>8}",
-        "WATCHERS", "WRITES", "WRITE P99", "DELIV P50", "DELIV P99", "DELIV MAX", "MISSED"
+        "{:<8} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>8}",
+        "SYSTEM",
+        "WATCHERS",
+        "WRITES",
+        "WRITE P99",
+        "DELIV P50",
+        "DELIV P99",
+        "DELIV MAX",
+        "MISSED"
     );
     for r in &results {
         println!(
-            "{:>9} {:>7} {:>10.2}ms {:>10.2}ms {:>10.2}ms {:>10.2}ms {:>8}",
+            "{:<8} {:>9} {:>7} {:>10.2}ms {:>10.2}ms {:>10.2}ms {:>10.2}ms {:>8}",
+            r.system.to_string(),
             r.watchers,
             r.writes,
             r.write_latency.p99_ms,
@@ -247,5 +414,6 @@ pub async fn run(args: &WatchBenchArgs) -> anyhow::Result<()> {
     }
     write_json(&args.common.json, &results)?;
     drop(cluster);
+    drop(etcd_cluster);
     Ok(())
 }

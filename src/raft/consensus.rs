@@ -10,6 +10,7 @@ use openraft::ChangeMembers;
 use tokio::time::Instant;
 
 use super::network::{ConsensusError, ForwardReply, ForwardRequest, PeerClients};
+use super::read_index::ReadIndexBatcher;
 use super::state_machine::AppliedState;
 use super::{NodeAddr, NodeId, Raft};
 use crate::command::{Command, CommandResult, Proposal};
@@ -36,6 +37,12 @@ pub struct Consensus {
     pub request_timeout: Duration,
     /// TTL heartbeats received while this node leads (read by the health prober).
     pub heartbeats: std::sync::Arc<crate::health::HeartbeatTable>,
+    /// Shares leadership confirmations among concurrent read-index requests on the leader.
+    pub read_batch: ReadIndexBatcher,
+    /// Shares read-index requests among this node's concurrent linearizable reads (one
+    /// forward to the leader for many reads on a follower). Separate from `read_batch`: a
+    /// batch here runs through that one on the leader, and sharing a queue would deadlock.
+    pub read_barrier_batch: ReadIndexBatcher,
 }
 
 fn not_leader<E>(
@@ -49,6 +56,19 @@ fn not_leader<E>(
 
 fn fatal(e: impl std::fmt::Display) -> ConsensusError {
     ConsensusError::ShuttingDown(e.to_string())
+}
+
+/// One leadership confirmation (a heartbeat round a quorum acknowledges); returns the read
+/// index it makes safe to serve.
+async fn confirm_read_index(raft: &Raft) -> Result<u64, ConsensusError> {
+    match raft.get_read_log_id().await {
+        Ok((read_log_id, _)) => Ok(read_log_id.map_or(0, |l| l.index)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => not_leader(f),
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(
+            ConsensusError::Unavailable("the leader cannot reach a quorum".to_string()),
+        ),
+        Err(e) => Err(fatal(e)),
+    }
 }
 
 impl Consensus {
@@ -69,14 +89,22 @@ impl Consensus {
     /// A linearizable read barrier: confirms a leader's read index and waits until this node
     /// has applied that far. Returns the revision the read may then be served at.
     pub async fn read_barrier(&self) -> Result<u64, ConsensusError> {
-        let index = match self.submit(ForwardRequest::ReadIndex).await? {
-            ForwardReply::ReadIndex(index) => index,
-            other => {
-                return Err(ConsensusError::Unavailable(format!(
-                    "unexpected reply {other:?}"
-                )))
+        let this = self.clone();
+        let request_read_index = move || {
+            let this = this.clone();
+            async move {
+                match this.submit(ForwardRequest::ReadIndex).await? {
+                    ForwardReply::ReadIndex(index) => Ok(index),
+                    other => Err(ConsensusError::Unavailable(format!(
+                        "unexpected reply {other:?}"
+                    ))),
+                }
             }
         };
+        let index = self
+            .read_barrier_batch
+            .read_index(request_read_index)
+            .await?;
         match tokio::time::timeout(self.request_timeout, self.applied.wait_applied(index)).await {
             Ok(Ok(applied)) => Ok(applied),
             Ok(Err(_)) => Err(fatal("state machine stopped")),
@@ -223,16 +251,17 @@ impl Consensus {
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => not_leader(f),
                 Err(e) => Err(fatal(e)),
             },
-            ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
-                Ok((read_log_id, _)) => {
-                    Ok(ForwardReply::ReadIndex(read_log_id.map_or(0, |l| l.index)))
-                }
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => not_leader(f),
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(
-                    ConsensusError::Unavailable("the leader cannot reach a quorum".to_string()),
-                ),
-                Err(e) => Err(fatal(e)),
-            },
+            ForwardRequest::ReadIndex => {
+                let raft = self.raft.clone();
+                let confirm = move || {
+                    let raft = raft.clone();
+                    async move { confirm_read_index(&raft).await }
+                };
+                self.read_batch
+                    .read_index(confirm)
+                    .await
+                    .map(ForwardReply::ReadIndex)
+            }
             ForwardRequest::Heartbeat {
                 namespace,
                 service,

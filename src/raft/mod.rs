@@ -10,6 +10,7 @@ pub mod consensus;
 pub mod log_store;
 pub mod network;
 pub mod peer_server;
+pub mod read_index;
 pub mod state_machine;
 
 use std::fmt;
