@@ -83,7 +83,20 @@ impl Watch for WatchService {
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let request = request.into_inner();
-        let outcome = self.start(request);
+        // A listing reflects every write acknowledged before the watch began, as a
+        // linearizable List would (on a follower that has not yet applied them it waits).
+        // Watching from a known revision needs no leader, so it works during a failover.
+        let barrier = match request.start_revision {
+            None => self
+                .ctx
+                .consensus
+                .read_barrier()
+                .await
+                .map(|_| ())
+                .map_err(|e| Status::from(super::error::ApiError::from(e))),
+            Some(_) => Ok(()),
+        };
+        let outcome = barrier.and_then(|()| self.start(request));
         let code = match &outcome {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
