@@ -27,6 +27,31 @@ pub struct LocalCluster {
     netns: Option<Netns>,
 }
 
+/// Child processes of a benchmark or chaos run die with it.
+pub trait DieWithParent {
+    /// Has the child receive SIGKILL when the thread that started it exits, so a run killed
+    /// by a signal (which skips every `Drop`) leaves no nodes, etcd members or Envoys behind.
+    /// Children are started from the runtime's worker threads or the main thread, which live
+    /// as long as the run.
+    fn die_with_parent(&mut self) -> &mut Self;
+}
+
+impl DieWithParent for Command {
+    fn die_with_parent(&mut self) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs in the forked child before exec; prctl is async-signal-safe and
+        // changes only the child's own settings (kept across exec).
+        unsafe {
+            self.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -134,6 +159,7 @@ impl LocalCluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            .die_with_parent()
             .spawn()
             .context("start a bowline node")?;
         self.children[i] = Some(child);

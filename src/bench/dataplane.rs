@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 
+use super::cluster::{free_port, DieWithParent};
 use super::workloads::{register, register_endpoint_until};
 use crate::client::Client;
 use crate::proto::v1 as pb;
@@ -78,12 +79,6 @@ pub struct DataPlane {
     stop: Arc<AtomicBool>,
     /// The load tasks.
     load: Vec<tokio::task::JoinHandle<()>>,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// One GET with a deadline; returns the status and body.
@@ -171,6 +166,7 @@ impl Backend {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            .die_with_parent()
             .spawn()
             .context("start a bowline echo backend")?;
         let mut backend = Backend {
@@ -299,6 +295,7 @@ impl DataPlane {
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
+                .die_with_parent()
                 .spawn()
                 .with_context(|| format!("start Envoy {}", envoy.display()))?,
         );

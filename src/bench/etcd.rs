@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tonic::transport::{Channel, Endpoint};
 
-use super::cluster::free_port;
+use super::cluster::{free_port, DieWithParent};
 use crate::proto::etcd::maintenance_client::MaintenanceClient;
 use crate::proto::etcd::StatusRequest;
 
@@ -111,6 +111,7 @@ impl EtcdCluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            .die_with_parent()
             .spawn()
             .context("start an etcd member")?;
         self.children[i] = Some(child);
