@@ -173,14 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
-        // A client command piped into `head` should end quietly, as Unix tools do, instead
-        // of panicking on a closed stdout. Servers keep Rust's default (SIGPIPE ignored).
-        // SAFETY: restores the default disposition of one signal before any thread starts.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
+    quiet_on_closed_stdout();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -199,4 +192,24 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command piped into `head` should end quietly, as Unix tools do, instead of panicking
+/// on a closed stdout. SIGPIPE stays ignored (Rust's default): restoring its default action
+/// also applied to sockets, and a client writing to a node that had just been killed (a
+/// failover bench, `bowline watch` following a failure) died silently on that signal.
+fn quiet_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
 }
