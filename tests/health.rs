@@ -253,6 +253,16 @@ async fn every_probe_kind_detects_failure_and_recovery_on_every_node_and_in_a_wa
         kinds: vec![pb::ObjectKind::Endpoint as i32],
         ..Default::default()
     });
+    // The listing comes first; only what follows it arrives as events.
+    let listing = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .expect("watch listing")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(listing, WatchItem::Listing { .. }),
+        "expected the listing first, got {listing:?}"
+    );
 
     add_endpoint(&client, "web", "web-1", http.port, 0).await;
     add_endpoint(&client, "db", "db-1", tcp.port, 0).await;
