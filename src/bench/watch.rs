@@ -110,12 +110,7 @@ async fn one_run(
         + 1;
 
     // Channels: `connections` per node; watchers are spread round robin over all of them.
-    let mut channels = Vec::new();
-    for endpoint in endpoints {
-        for _ in 0..args.connections {
-            channels.push(Channel::from_shared(format!("http://{endpoint}"))?.connect_lazy());
-        }
-    }
+    let channels = watcher_channels(endpoints, args.connections)?;
     let ready = Arc::new(AtomicUsize::new(0));
     let writes = args.writes;
     let deadline = Instant::now() + Duration::from_secs(writes as u64 / args.rate.max(1) + 60);
@@ -228,6 +223,17 @@ async fn summarize(
     })
 }
 
+/// `connections` lazily connected channels per node, which the watchers share round robin.
+fn watcher_channels(endpoints: &[String], connections: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for endpoint in endpoints {
+        for _ in 0..connections.max(1) {
+            channels.push(etcd::channel(endpoint)?);
+        }
+    }
+    Ok(channels)
+}
+
 async fn wait_connected(
     ready: &AtomicUsize,
     watchers: usize,
@@ -250,12 +256,7 @@ async fn one_run_etcd(
     args: &WatchBenchArgs,
 ) -> anyhow::Result<WatchBenchResult> {
     let prefix = format!("bench-watch-{watchers}/");
-    let mut channels = Vec::new();
-    for endpoint in endpoints {
-        for _ in 0..args.connections {
-            channels.push(etcd::channel(endpoint)?);
-        }
-    }
+    let channels = watcher_channels(endpoints, args.connections)?;
     let mut writer = crate::proto::etcd::kv_client::KvClient::new(channels[0].clone());
     let put = |i: usize| PutRequest {
         key: format!("{prefix}e{}", i % 16).into_bytes(),
