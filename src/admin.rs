@@ -10,7 +10,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::app::NodeHandle;
-use crate::raft::log_store::SledLogStore;
+use crate::raft::log_store::FileLogStore;
 
 async fn metrics(
     State(node): State<NodeHandle>,
@@ -64,7 +64,7 @@ pub async fn serve(
 /// Follows Raft's metrics channel and updates gauges and gRPC health; runs until aborted.
 pub async fn track_raft_metrics(
     node: NodeHandle,
-    log_store: SledLogStore,
+    log_store: FileLogStore,
     health: tonic_health::server::HealthReporter,
 ) {
     let mut rx = node.consensus.raft.metrics();

@@ -23,7 +23,7 @@ use crate::proto::v1::proxies_server::ProxiesServer;
 use crate::proto::v1::registry_server::RegistryServer;
 use crate::proto::watch_wire::watch_server::WatchServer;
 use crate::raft::consensus::Consensus;
-use crate::raft::log_store::SledLogStore;
+use crate::raft::log_store::FileLogStore;
 use crate::raft::network::{PeerClients, PeerNetworkFactory, MAX_PEER_MESSAGE_BYTES};
 use crate::raft::peer_server::PeerService;
 use crate::raft::state_machine::{AppliedState, SledStateMachine};
@@ -215,7 +215,8 @@ pub async fn run_node(
         .open()
         .with_context(|| format!("open sled database in {}", config.data_dir.display()))?;
     let metrics = Metrics::new(config.id);
-    let log_store = SledLogStore::open(&db).context("open raft log")?;
+    let log_store = FileLogStore::open(&config.data_dir.join("raft-log"), &db)
+        .map_err(|e| anyhow::anyhow!("open raft log: {e}"))?;
     let state_machine = SledStateMachine::open_with(&db, config.watch.clone(), metrics.clone())
         .map_err(|e| anyhow::anyhow!("open state machine: {e}"))?;
     let applied = state_machine.applied_state();
