@@ -282,6 +282,7 @@ pub async fn run_node(
         heartbeats: Arc::new(crate::health::HeartbeatTable::default()),
         read_batch: Default::default(),
         read_barrier_batch: Default::default(),
+        write_batch: Default::default(),
     };
     let node = NodeHandle {
         consensus: consensus.clone(),

@@ -31,6 +31,13 @@ impl Proposal {
             command: VersionedCommand::V1(command),
         }
     }
+
+    /// Wraps several commands for one entry (see [`crate::raft::proposal_batch`]).
+    pub fn batch(commands: Vec<Command>) -> Self {
+        let mut proposal = Self::now(Command::ClaimProber { term: 0 });
+        proposal.command = VersionedCommand::Batch(commands);
+        proposal
+    }
 }
 
 /// Wire versions of [`Command`]. Never reorder or remove a variant.
@@ -38,6 +45,18 @@ impl Proposal {
 pub enum VersionedCommand {
     /// The first command set.
     V1(Command),
+    /// Several commands in one entry, applied in order, each at a revision of its own.
+    Batch(Vec<Command>),
+}
+
+impl VersionedCommand {
+    /// The commands, in the order they apply.
+    pub fn commands(&self) -> &[Command] {
+        match self {
+            VersionedCommand::V1(command) => std::slice::from_ref(command),
+            VersionedCommand::Batch(commands) => commands,
+        }
+    }
 }
 
 /// A change to the replicated state. Validated before it is proposed; `apply` re-checks only
@@ -170,6 +189,10 @@ impl Command {
 
 /// What applying a command produced; identical on every replica.
 pub type CommandResult = Result<Applied, ApplyError>;
+
+/// What applying one entry produced: for each of its commands, in order, the store revision
+/// after it and its result. Empty for blank and membership entries.
+pub type EntryResults = Vec<(u64, CommandResult)>;
 
 /// The successful outcome of a command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::heartbeat::HeartbeatTable;
 use super::probe::{ProbeKind, ProbeOutcome, Prober};
 use super::tracker::Tracker;
-use crate::command::{Applied, ApplyError, Command, EndpointRemoval, HealthTransition, Proposal};
+use crate::command::{Applied, ApplyError, Command, EndpointRemoval, HealthTransition};
 use crate::model::{ConfigKind, ConfigSpec, HealthStatus};
 use crate::raft::consensus::Consensus;
 use crate::raft::network::{ForwardReply, ForwardRequest};
@@ -408,7 +408,7 @@ impl TermProber {
         let reply = self
             .checker
             .consensus
-            .execute_local(ForwardRequest::Write(Proposal::now(command)))
+            .execute_local(ForwardRequest::Write(command))
             .await;
         match reply {
             Ok(ForwardReply::Written {
@@ -461,7 +461,7 @@ impl TermProber {
         match self
             .checker
             .consensus
-            .execute_local(ForwardRequest::Write(Proposal::now(claim)))
+            .execute_local(ForwardRequest::Write(claim))
             .await
         {
             Ok(ForwardReply::Written { result: Ok(_), .. }) => {}

@@ -9,7 +9,9 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use tokio::time::Instant;
 
+use super::codec;
 use super::network::{ConsensusError, ForwardReply, ForwardRequest, PeerClients};
+use super::proposal_batch::ProposalBatcher;
 use super::read_index::ReadIndexBatcher;
 use super::state_machine::AppliedState;
 use super::{NodeAddr, NodeId, Raft};
@@ -43,6 +45,8 @@ pub struct Consensus {
     /// forward to the leader for many reads on a follower). Separate from `read_batch`: a
     /// batch here runs through that one on the leader, and sharing a queue would deadlock.
     pub read_barrier_batch: ReadIndexBatcher,
+    /// Packs concurrent writes on the leader into shared entries.
+    pub write_batch: ProposalBatcher,
 }
 
 fn not_leader<E>(
@@ -72,14 +76,11 @@ async fn confirm_read_index(raft: &Raft) -> Result<u64, ConsensusError> {
 }
 
 impl Consensus {
-    /// Proposes a command and waits until it is committed and applied; returns the log index
-    /// (the revision) and the result of applying it.
+    /// Proposes a command and waits until it is committed and applied; returns the store
+    /// revision after it and the result of applying it.
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResult), ConsensusError> {
-        match self
-            .submit(ForwardRequest::Write(Proposal::now(command)))
-            .await?
-        {
-            ForwardReply::Written { index, result } => Ok((index, result)),
+        match self.submit(ForwardRequest::Write(command)).await? {
+            ForwardReply::Written { revision, result } => Ok((revision, result)),
             other => Err(ConsensusError::Unavailable(format!(
                 "unexpected reply {other:?}"
             ))),
@@ -243,14 +244,27 @@ impl Consensus {
         request: ForwardRequest,
     ) -> Result<ForwardReply, ConsensusError> {
         match request {
-            ForwardRequest::Write(proposal) => match self.raft.client_write(proposal).await {
-                Ok(response) => Ok(ForwardReply::Written {
-                    index: response.log_id.index,
-                    result: response.data,
-                }),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => not_leader(f),
-                Err(e) => Err(fatal(e)),
-            },
+            ForwardRequest::Write(command) => {
+                let encoded_len = codec::encoded_len(&command)
+                    .map_err(|e| ConsensusError::Rejected(format!("cannot encode: {e}")))?;
+                let raft = self.raft.clone();
+                let propose = move |commands: Vec<Command>| {
+                    let raft = raft.clone();
+                    async move {
+                        match raft.client_write(Proposal::batch(commands)).await {
+                            Ok(response) => Ok(response.data),
+                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                                not_leader(f)
+                            }
+                            Err(e) => Err(fatal(e)),
+                        }
+                    }
+                };
+                self.write_batch
+                    .write(command, encoded_len, propose)
+                    .await
+                    .map(|(revision, result)| ForwardReply::Written { revision, result })
+            }
             ForwardRequest::ReadIndex => {
                 let raft = self.raft.clone();
                 let confirm = move || {

@@ -10,6 +10,7 @@ pub mod consensus;
 pub mod log_store;
 pub mod network;
 pub mod peer_server;
+pub mod proposal_batch;
 pub mod read_index;
 pub mod state_machine;
 
@@ -18,7 +19,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{CommandResult, Proposal};
+use crate::command::{EntryResults, Proposal};
 
 /// Raft node id.
 pub type NodeId = u64;
@@ -43,7 +44,7 @@ openraft::declare_raft_types!(
     /// Bowline's openraft type configuration.
     pub TypeConfig:
         D = Proposal,
-        R = CommandResult,
+        R = EntryResults,
         NodeId = NodeId,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,

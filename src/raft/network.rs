@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 
 use super::codec;
 use super::{NodeAddr, NodeId, TypeConfig};
-use crate::command::{CommandResult, Proposal};
+use crate::command::{Command, CommandResult};
 use crate::proto::peer::raft_peer_client::RaftPeerClient;
 use crate::proto::peer::{NodeInfoRequest, NodeInfoResponse, PeerMessage};
 
@@ -28,8 +28,8 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {
-    /// A client write.
-    Write(Proposal),
+    /// A client write (batched with others on the leader).
+    Write(Command),
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex,
     /// Add a non-voting member and wait for it to catch up.
@@ -58,10 +58,10 @@ pub enum ForwardRequest {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardReply {
-    /// A write was committed and applied at `index` with `result`.
+    /// A write was committed and applied with `result`.
     Written {
-        /// Log index of the entry.
-        index: u64,
+        /// The store revision after it.
+        revision: u64,
         /// What applying it returned.
         result: CommandResult,
     },

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::codec;
 use super::{Entry, LogId, NodeAddr, NodeId, StorageError, StoredMembership, TypeConfig};
-use crate::command::{Applied, CommandResult, VersionedCommand};
+use crate::command::EntryResults;
 use crate::store::{apply_command, RegistryState, StateKey};
 use crate::telemetry::Metrics;
 use crate::watch::{HubConfig, WatchHub};
@@ -282,7 +282,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         Ok((guard.last_applied, guard.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<EntryResults>, StorageError>
     where
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
@@ -301,33 +301,40 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
             for entry in entries {
                 applied.last_applied = Some(entry.log_id);
                 let result = match entry.payload {
-                    EntryPayload::Blank => Ok(Applied::Nothing),
+                    EntryPayload::Blank => Vec::new(),
                     EntryPayload::Normal(proposal) => {
-                        let VersionedCommand::V1(command) = &proposal.command;
-                        let (result, changes) =
-                            apply_command(&mut applied.state, entry.log_id.index, command);
-                        if !changes.is_empty() {
-                            // Still under the write lock: see the lock order in `watch::hub`.
-                            let events = crate::watch::events::published_events(
-                                &applied.state,
-                                entry.log_id.index,
-                                &changes,
-                            );
-                            self.applied.hub.publish(entry.log_id.index, events);
-                        }
-                        for change in changes {
-                            match Self::encode_value(&applied.state, &change.key)
-                                .map_err(|e| write(e.to_string()))?
-                            {
-                                Some(bytes) => batch.insert(change.key.encode(), bytes),
-                                None => batch.remove(change.key.encode()),
+                        let commands = proposal.command.commands();
+                        let mut results = Vec::with_capacity(commands.len());
+                        for command in commands {
+                            // Every change takes the next revision, so the commands of one
+                            // entry are told apart (and ordered) as if proposed one by one.
+                            let revision = applied.state.revision + 1;
+                            let (result, changes) =
+                                apply_command(&mut applied.state, revision, command);
+                            if !changes.is_empty() {
+                                // Still under the write lock: see the lock order in `watch::hub`.
+                                let events = crate::watch::events::published_events(
+                                    &applied.state,
+                                    revision,
+                                    &changes,
+                                );
+                                self.applied.hub.publish(revision, events);
                             }
+                            for change in changes {
+                                match Self::encode_value(&applied.state, &change.key)
+                                    .map_err(|e| write(e.to_string()))?
+                                {
+                                    Some(bytes) => batch.insert(change.key.encode(), bytes),
+                                    None => batch.remove(change.key.encode()),
+                                }
+                            }
+                            results.push((applied.state.revision, result));
                         }
-                        result
+                        results
                     }
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                        Ok(Applied::Nothing)
+                        Vec::new()
                     }
                 };
                 results.push(result);

@@ -1,6 +1,6 @@
 //! `apply_command`: the deterministic transition function of the replicated state.
 //!
-//! Inputs are the log index and the command (with the proposer's time inside it); there is no
+//! Inputs are the revision a change takes and the command; there is no
 //! clock, randomness or I/O here, so every replica computes the same result and changes.
 
 use super::{RegistryState, StateKey, Stored, StoredConfig, StoredObject};
@@ -42,17 +42,17 @@ pub fn check_revision(
     }
 }
 
-/// Applies `command` as log entry `index`. On error the state is untouched and no change is
-/// returned.
+/// Applies `command` at `revision` (the store revision after it, if it changes anything).
+/// On error the state is untouched and no change is returned.
 pub fn apply_command(
     state: &mut RegistryState,
-    index: u64,
+    revision: u64,
     command: &Command,
 ) -> (CommandResult, Vec<Change>) {
-    match apply_inner(state, index, command) {
+    match apply_inner(state, revision, command) {
         Ok((applied, changes)) => {
             if !changes.is_empty() {
-                state.revision = index;
+                state.revision = revision;
             }
             (Ok(applied), changes)
         }
@@ -62,7 +62,7 @@ pub fn apply_command(
 
 fn apply_inner(
     state: &mut RegistryState,
-    index: u64,
+    revision: u64,
     command: &Command,
 ) -> Result<(Applied, Vec<Change>), ApplyError> {
     match command {
@@ -80,8 +80,8 @@ fn apply_inner(
             )?;
             let stored = Stored {
                 value: service.clone(),
-                create_revision: existing.map_or(index, |s| s.create_revision),
-                mod_revision: index,
+                create_revision: existing.map_or(revision, |s| s.create_revision),
+                mod_revision: revision,
             };
             state.services.insert(key.clone(), stored.clone());
             Ok((
@@ -195,8 +195,8 @@ fn apply_inner(
             }
             let stored = Stored {
                 value,
-                create_revision: existing.map_or(index, |e| e.create_revision),
-                mod_revision: index,
+                create_revision: existing.map_or(revision, |e| e.create_revision),
+                mod_revision: revision,
             };
             state.endpoints.insert(key.clone(), stored.clone());
             Ok((
@@ -261,8 +261,8 @@ fn apply_inner(
                 name: name.clone(),
                 stored: Stored {
                     value: spec.clone(),
-                    create_revision: existing.map_or(index, |c| c.stored.create_revision),
-                    mod_revision: index,
+                    create_revision: existing.map_or(revision, |c| c.stored.create_revision),
+                    mod_revision: revision,
                 },
             };
             state.configs.insert(key, stored.clone());
@@ -348,7 +348,7 @@ fn apply_inner(
                     since_ms: t.at_ms,
                     reason: t.reason.clone(),
                 };
-                stored.mod_revision = index;
+                stored.mod_revision = revision;
                 applied_transitions += 1;
                 changes.push(Change {
                     key: StateKey::Endpoint(key.0, key.1, key.2),
