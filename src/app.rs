@@ -62,6 +62,11 @@ pub struct RaftTuning {
     /// Log entries kept below the last snapshot (so a briefly lagging follower needs no
     /// snapshot).
     pub logs_to_keep: u64,
+    /// Also build a snapshot once the log after the last one holds this many MiB (an entry
+    /// carries a batch of writes, so entries alone do not bound the disk).
+    pub snapshot_log_mib: u64,
+    /// Also purge the log below the last snapshot beyond this many MiB.
+    pub keep_log_mib: u64,
 }
 
 impl Default for RaftTuning {
@@ -81,6 +86,8 @@ impl Default for RaftTuning {
             // keeping only 1,000 entries sent snapshots to followers briefly behind.
             snapshot_every: 100_000,
             logs_to_keep: 10_000,
+            snapshot_log_mib: 64,
+            keep_log_mib: 64,
         }
     }
 }
@@ -372,6 +379,14 @@ pub async fn run_node(
         );
 
     let admin_server = crate::admin::serve(admin_listener, node.clone(), stopped(stop_rx.clone()));
+    let compaction_task = tokio::spawn(crate::raft::compaction::compact_by_size(
+        raft.clone(),
+        log_store.clone(),
+        crate::raft::compaction::LogSizeLimits {
+            snapshot_after_bytes: config.raft.snapshot_log_mib << 20,
+            keep_below_snapshot_bytes: config.raft.keep_log_mib << 20,
+        },
+    ));
     let metrics_task = tokio::spawn(crate::admin::track_raft_metrics(
         node.clone(),
         log_store.clone(),
@@ -418,6 +433,7 @@ pub async fn run_node(
     }
     let _ = tokio::time::timeout(drain, peer_task).await;
     metrics_task.abort();
+    compaction_task.abort();
     db.flush_async().await.context("flush sled on shutdown")?;
     tracing::info!("stopped");
     Ok(())

@@ -56,6 +56,13 @@ pub struct ServeArgs {
     /// Log entries kept below the latest snapshot. [default: 10000]
     #[arg(long, env = "BOWLINE_LOGS_TO_KEEP")]
     pub logs_to_keep: Option<u64>,
+    /// Also build a snapshot once the log since the last one holds this many MiB (an entry
+    /// carries a batch of writes). [default: 64]
+    #[arg(long, env = "BOWLINE_SNAPSHOT_LOG_MIB")]
+    pub snapshot_log_mib: Option<u64>,
+    /// Also purge the log below the latest snapshot beyond this many MiB. [default: 64]
+    #[arg(long, env = "BOWLINE_KEEP_LOG_MIB")]
+    pub keep_log_mib: Option<u64>,
     /// How long a client request may wait for a leader, in milliseconds. [default: 5000]
     #[arg(long, env = "BOWLINE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -95,6 +102,8 @@ struct ServeFile {
     election_timeout_max_ms: Option<u64>,
     snapshot_every: Option<u64>,
     logs_to_keep: Option<u64>,
+    snapshot_log_mib: Option<u64>,
+    keep_log_mib: Option<u64>,
     request_timeout_ms: Option<u64>,
     watch_history_events: Option<usize>,
     watch_history_mib: Option<usize>,
@@ -210,6 +219,14 @@ impl ServeArgs {
                 .logs_to_keep
                 .or(file.logs_to_keep)
                 .unwrap_or(defaults.logs_to_keep),
+            snapshot_log_mib: self
+                .snapshot_log_mib
+                .or(file.snapshot_log_mib)
+                .unwrap_or(defaults.snapshot_log_mib),
+            keep_log_mib: self
+                .keep_log_mib
+                .or(file.keep_log_mib)
+                .unwrap_or(defaults.keep_log_mib),
         };
         if raft.election_timeout_min_ms <= raft.heartbeat_ms
             || raft.election_timeout_max_ms <= raft.election_timeout_min_ms

@@ -475,6 +475,31 @@ impl FileLogStore {
     pub fn purged_index(&self) -> Option<u64> {
         lock(&self.log).last_purged.map(|l| l.index)
     }
+
+    /// Encoded bytes of the held entries after `index`.
+    pub fn bytes_after(&self, index: u64) -> u64 {
+        lock(&self.log)
+            .slots
+            .iter()
+            .rev()
+            .take_while(|s| s.log_id.index > index)
+            .map(|s| s.bytes.len() as u64)
+            .sum()
+    }
+
+    /// The highest index up to which the log can be purged so that the entries kept at or
+    /// below `upto` hold at most `keep_bytes`; `None` if they already do.
+    pub fn purge_point(&self, upto: u64, keep_bytes: u64) -> Option<u64> {
+        let log = lock(&self.log);
+        let mut kept = 0;
+        for slot in log.slots.iter().rev().skip_while(|s| s.log_id.index > upto) {
+            kept += slot.bytes.len() as u64;
+            if kept > keep_bytes {
+                return Some(slot.log_id.index);
+            }
+        }
+        None
+    }
 }
 
 fn get_meta<T: serde::de::DeserializeOwned>(

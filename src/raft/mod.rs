@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
+pub mod compaction;
 pub mod consensus;
 pub mod log_store;
 pub mod network;
