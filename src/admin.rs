@@ -61,6 +61,9 @@ pub async fn serve(
     }
 }
 
+/// The least time between two passes of [`track_raft_metrics`].
+const METRICS_SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Follows Raft's metrics channel and updates gauges and gRPC health; runs until aborted.
 pub async fn track_raft_metrics(
     node: NodeHandle,
@@ -125,5 +128,8 @@ pub async fn track_raft_metrics(
             changed = rx.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
+        // openraft publishes after every turn of its core loop, thousands of times a second
+        // under load; gauges and leader changes need no more than a few updates a second.
+        tokio::time::sleep(METRICS_SETTLE).await;
     }
 }
