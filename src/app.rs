@@ -26,7 +26,7 @@ use crate::raft::consensus::Consensus;
 use crate::raft::log_store::FileLogStore;
 use crate::raft::network::{PeerClients, PeerNetworkFactory, MAX_PEER_MESSAGE_BYTES};
 use crate::raft::peer_server::PeerService;
-use crate::raft::state_machine::{AppliedState, SledStateMachine};
+use crate::raft::state_machine::{AppliedState, StateMachineStore};
 use crate::raft::{NodeAddr, NodeId, Raft};
 use crate::telemetry::Metrics;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
@@ -224,7 +224,7 @@ pub async fn run_node(
     let metrics = Metrics::new(config.id);
     let log_store = FileLogStore::open(&config.data_dir.join("raft-log"), &db)
         .map_err(|e| anyhow::anyhow!("open raft log: {e}"))?;
-    let state_machine = SledStateMachine::open_with(&db, config.watch.clone(), metrics.clone())
+    let state_machine = StateMachineStore::open_with(&db, config.watch.clone(), metrics.clone())
         .map_err(|e| anyhow::anyhow!("open state machine: {e}"))?;
     let applied = state_machine.applied_state();
     let peers = PeerClients::default();

@@ -8,7 +8,7 @@
 //! - [`model`]: domain types (services, endpoints, config objects) and validation; no I/O.
 //! - [`command`]: the versioned commands stored in the Raft log.
 //! - [`store`]: the pure, deterministic `apply(index, command)` and in-memory indexes.
-//! - [`raft`]: openraft types, the segment-file log store, the sled state machine, the peer
+//! - [`raft`]: openraft types, the segment-file log store, the in-memory state machine, the peer
 //!   network, and [`raft::consensus::Consensus`], the one door to Raft (forwarding, read index).
 //! - [`api`]: thin tonic services and the single error → status table.
 //! - [`admin`]: the HTTP admin listener (metrics, health, readiness).

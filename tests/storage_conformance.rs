@@ -1,25 +1,25 @@
-//! openraft's storage conformance suite over the segment-file log store and the sled state
-//! machine.
+//! openraft's storage conformance suite over the segment-file log store and the in-memory
+//! state machine.
 
 use bowline::raft::log_store::FileLogStore;
-use bowline::raft::state_machine::SledStateMachine;
+use bowline::raft::state_machine::StateMachineStore;
 use bowline::raft::{StorageError, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
 
 /// Builds a fresh sled database in a temp dir per suite case; the dir is the guard.
 struct SledBuilder;
 
-impl StoreBuilder<TypeConfig, FileLogStore, SledStateMachine, tempfile::TempDir> for SledBuilder {
+impl StoreBuilder<TypeConfig, FileLogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, FileLogStore, SledStateMachine), StorageError> {
+    ) -> Result<(tempfile::TempDir, FileLogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = sled::Config::new()
             .path(dir.path().join("db"))
             .open()
             .expect("open sled");
         let log = FileLogStore::open(&dir.path().join("raft-log"), &db).expect("log store");
-        let sm = SledStateMachine::open(&db)?;
+        let sm = StateMachineStore::open(&db)?;
         Ok((dir, log, sm))
     }
 }

@@ -23,7 +23,7 @@ pub struct ServeArgs {
     /// Take the node id from a StatefulSet-style host name: `NAME-N` gives id N+1.
     #[arg(long, env = "BOWLINE_ID_FROM_HOSTNAME", conflicts_with = "id")]
     pub id_from_hostname: bool,
-    /// Data directory (Raft log segments and the sled state).
+    /// Data directory (Raft log segments, snapshots and Raft metadata).
     #[arg(long, env = "BOWLINE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Peer (Raft) address: listened on, and advertised to the other members. [default: 127.0.0.1:7201]

@@ -1,5 +1,5 @@
-//! Raft plumbing: openraft type configuration, the segment-file log store, the sled-backed
-//! state machine, and the peer network (client and server) over tonic.
+//! Raft plumbing: openraft type configuration, the segment-file log store, the in-memory
+//! state machine (snapshots in sled), and the peer network (client and server) over tonic.
 
 // openraft's storage traits fix `StorageError` (large) as the error type; boxing it in our
 // helpers would only add conversions at every call site.

@@ -217,7 +217,8 @@ mod tests {
             }));
         }
         for task in tasks {
-            task.await.expect("task").expect("write");
+            let (_, result) = task.await.expect("task").expect("write");
+            assert!(result.is_ok());
         }
         let proposals = proposals.load(Ordering::SeqCst);
         assert!(proposals < 2_000, "{proposals} proposals for 2,000 writes");

@@ -10,7 +10,7 @@ use crate::model::{ConfigKind, Endpoint, Service};
 /// `(namespace, service, endpoint id)`.
 pub type EndpointKey = (String, String, String);
 
-/// Identifies one stored object; also its key in the sled state tree.
+/// Identifies one stored object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum StateKey {
     /// `(namespace, name)`.
