@@ -11,7 +11,27 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_every_node_during_writes_loses_no_acknowledged_write() {
-    let mut cluster = Cluster::start(3).await;
+    kill_every_node_during_writes(Tuning::default(), false).await;
+}
+
+/// The applied state lives in memory: a restarted node rebuilds it from its latest snapshot
+/// plus the log after it. Snapshots every 50 entries (and the log below them purged) make
+/// every restart here go that way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_restarted_after_snapshots_rebuilds_every_acknowledged_write() {
+    kill_every_node_during_writes(
+        Tuning {
+            snapshot_every: 50,
+            logs_to_keep: 10,
+            ..Tuning::default()
+        },
+        true,
+    )
+    .await;
+}
+
+async fn kill_every_node_during_writes(tuning: Tuning, expect_snapshots: bool) {
+    let mut cluster = Cluster::start_with(3, tuning).await;
     cluster.wait_for_leader().await;
     let endpoints: Vec<String> = cluster
         .nodes
@@ -72,6 +92,16 @@ async fn killing_every_node_during_writes_loses_no_acknowledged_write() {
         cluster.spawn(i);
     }
     cluster.wait_for_leader().await;
+    if expect_snapshots {
+        for i in 0..cluster.nodes.len() {
+            let status = cluster.status(i).await.expect("status after restart");
+            assert!(
+                status.snapshot_index > 0 && status.purged_index > 0,
+                "node {} restarted without a snapshot and a purged log: {status:?}",
+                cluster.nodes[i].id
+            );
+        }
+    }
 
     // Phase 4: every acknowledged write is present, on every node.
     for i in 0..cluster.nodes.len() {
