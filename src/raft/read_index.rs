@@ -16,6 +16,11 @@ use super::network::ConsensusError;
 
 type Waiter = oneshot::Sender<Result<u64, ConsensusError>>;
 
+/// After this long, a confirmation still in flight no longer holds back the next batch (it
+/// still answers its own reads when it ends). Longer than a healthy heartbeat round by far,
+/// shorter than an election.
+const STALLED_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
 #[derive(Default)]
 struct Queue {
     /// Reads waiting for a confirmation that has not started yet.
@@ -37,7 +42,7 @@ impl ReadIndexBatcher {
     pub async fn read_index<F, Fut>(&self, confirm: F) -> Result<u64, ConsensusError>
     where
         F: Fn() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<u64, ConsensusError>> + Send,
+        Fut: Future<Output = Result<u64, ConsensusError>> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let start_driver = {
@@ -58,10 +63,20 @@ impl ReadIndexBatcher {
                         std::mem::take(&mut queue.waiting)
                     };
                     // Everyone in `batch` arrived before this confirmation starts.
-                    let result = confirm().await;
-                    for waiter in batch {
-                        let _ = waiter.send(result.clone());
-                    }
+                    let confirmation = confirm();
+                    let (done_tx, done_rx) = oneshot::channel::<()>();
+                    tokio::spawn(async move {
+                        let result = confirmation.await;
+                        for waiter in batch {
+                            let _ = waiter.send(result.clone());
+                        }
+                        let _ = done_tx.send(());
+                    });
+                    // Normally the next batch waits for this one. But a confirmation can hang
+                    // until the request timeout (a forward to a leader that was just paused or
+                    // cut off), and reads arriving meanwhile, which a newly elected leader could
+                    // answer at once, must not queue behind it.
+                    let _ = tokio::time::timeout(STALLED_AFTER, done_rx).await;
                 }
             });
         }
@@ -114,6 +129,46 @@ mod tests {
         }
         let used = confirmations.load(Ordering::SeqCst);
         assert!(used <= 3, "50 concurrent reads took {used} confirmations");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_confirmation_does_not_hold_back_later_reads() {
+        let batcher = ReadIndexBatcher::default();
+        let calls = Arc::new(AtomicU64::new(0));
+        let confirm = {
+            let calls = calls.clone();
+            move || {
+                let calls = calls.clone();
+                async move {
+                    // The first confirmation hangs (an unreachable leader); later ones answer.
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        Err(ConsensusError::Unavailable("timed out".into()))
+                    } else {
+                        Ok(7)
+                    }
+                }
+            }
+        };
+        let stuck = {
+            let (batcher, confirm) = (batcher.clone(), confirm.clone());
+            tokio::spawn(async move { batcher.read_index(confirm).await })
+        };
+        // Let the first confirmation start, then read again.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let started = tokio::time::Instant::now();
+        let later = batcher.read_index(confirm).await;
+        assert_eq!(later, Ok(7));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a later read waited {:?} behind a stalled confirmation",
+            started.elapsed()
+        );
+        assert!(
+            !stuck.is_finished(),
+            "the stalled read is still waiting for its own answer"
+        );
+        assert!(stuck.await.unwrap().is_err());
     }
 
     #[tokio::test]
