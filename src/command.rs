@@ -20,24 +20,21 @@ pub struct Proposal {
 }
 
 impl Proposal {
-    /// Wraps a current-version command, stamping the proposer's clock.
-    pub fn now(command: Command) -> Self {
-        let proposed_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+    /// Wraps the commands of one entry (see [`crate::raft::proposal_batch`]), stamping the
+    /// proposer's clock. (Single `V1` commands are only read from older logs.)
+    pub fn batch(commands: Vec<Command>) -> Self {
         Self {
-            proposed_at_ms,
-            command: VersionedCommand::V1(command),
+            proposed_at_ms: unix_millis_now(),
+            command: VersionedCommand::Batch(commands),
         }
     }
+}
 
-    /// Wraps several commands for one entry (see [`crate::raft::proposal_batch`]).
-    pub fn batch(commands: Vec<Command>) -> Self {
-        let mut proposal = Self::now(Command::ClaimProber { term: 0 });
-        proposal.command = VersionedCommand::Batch(commands);
-        proposal
-    }
+fn unix_millis_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Wire versions of [`Command`]. Never reorder or remove a variant.
