@@ -36,9 +36,10 @@ pub async fn compact_by_size(raft: Raft, log: FileLogStore, limits: LogSizeLimit
         let waiting = asked_for_snapshot.is_some_and(|(at_snapshot, asked)| {
             at_snapshot == snapshot && asked.elapsed() < SNAPSHOT_PATIENCE
         });
-        if !waiting && log.bytes_after(snapshot) > limits.snapshot_after_bytes {
+        let since_snapshot = log.bytes_after(snapshot);
+        if !waiting && since_snapshot > limits.snapshot_after_bytes {
             tracing::info!(
-                bytes = log.bytes_after(snapshot),
+                bytes = since_snapshot,
                 "log since the last snapshot passed its size limit; taking a snapshot"
             );
             if raft.trigger().snapshot().await.is_err() {

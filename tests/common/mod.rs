@@ -15,23 +15,10 @@ use bowline::proto::v1 as pb;
 /// Timeout for waiting on a condition in tests; generous because CI machines are shared.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// Picks a free loopback port (bind to 0, read it, release it), never one this process has
-/// handed out before: once released, the kernel may offer the same port again, and two nodes
-/// of one cluster were once given the same client port.
+/// A free loopback port, never one this process has handed out before (the crate's own
+/// helper, shared with the benchmark harness).
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind an ephemeral port")
-            .local_addr()
-            .expect("local addr")
-            .port();
-        if !handed_out.contains(&port) {
-            handed_out.push(port);
-            return port;
-        }
-    }
+    bowline::bench::cluster::free_port().expect("pick a free loopback port")
 }
 
 /// One node process.
