@@ -22,6 +22,7 @@ use crate::proto::v1::config_server::ConfigServer;
 use crate::proto::v1::proxies_server::ProxiesServer;
 use crate::proto::v1::registry_server::RegistryServer;
 use crate::proto::watch_wire::watch_server::WatchServer;
+use crate::raft::campaign::LeaderContact;
 use crate::raft::consensus::Consensus;
 use crate::raft::log_store::FileLogStore;
 use crate::raft::network::{PeerClients, PeerNetworkFactory, MAX_PEER_MESSAGE_BYTES};
@@ -318,6 +319,8 @@ pub async fn run_node(
             admin_addr: config.admin_addr.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         },
+        leader_contact: LeaderContact::default(),
+        campaign_quiet: Duration::from_millis(config.raft.election_timeout_min_ms),
     };
     let peer_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)

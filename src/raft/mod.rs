@@ -5,6 +5,7 @@
 // helpers would only add conversions at every call site.
 #![allow(clippy::result_large_err)]
 
+pub mod campaign;
 pub mod codec;
 pub mod compaction;
 pub mod consensus;

@@ -1,11 +1,16 @@
 //! The peer network, server side: the tonic service on the peer port. It decodes, calls
 //! openraft (or [`Consensus::execute_local`] for forwarded work) and encodes the result.
 
+use openraft::raft::{AppendEntriesResponse, VoteRequest};
 use tonic::{Request, Response, Status};
 
+use std::time::Duration;
+
+use super::campaign::{elections_after_rejection, LeaderContact};
 use super::codec;
 use super::consensus::Consensus;
 use super::network::ForwardRequest;
+use super::NodeId;
 use crate::proto::peer::raft_peer_server::RaftPeer;
 use crate::proto::peer::{NodeInfoRequest, NodeInfoResponse, PeerMessage};
 
@@ -15,6 +20,11 @@ pub struct PeerService {
     pub consensus: Consensus,
     /// This node's own addresses, for `NodeInfo`.
     pub info: NodeInfoResponse,
+    /// When a leader last reached this node.
+    pub leader_contact: LeaderContact,
+    /// How long without a leader before this node may campaign right after rejecting a
+    /// candidate (the shortest election timeout).
+    pub campaign_quiet: Duration,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(request: Request<PeerMessage>) -> Result<T, Status> {
@@ -36,12 +46,37 @@ impl RaftPeer for PeerService {
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
         let rpc = decode(request)?;
-        reply(&self.consensus.raft.append_entries(rpc).await)
+        let result = self.consensus.raft.append_entries(rpc).await;
+        if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.leader_contact.touch();
+        }
+        reply(&result)
     }
 
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        let rpc = decode(request)?;
-        reply(&self.consensus.raft.vote(rpc).await)
+        let rpc: VoteRequest<NodeId> = decode(request)?;
+        let result = self.consensus.raft.vote(rpc.clone()).await;
+        if let Ok(response) = &result {
+            let elections = elections_after_rejection(
+                &rpc,
+                response,
+                self.leader_contact.silent_for(),
+                self.campaign_quiet,
+            );
+            if elections > 0 {
+                tracing::info!(
+                    candidate = ?rpc.vote.leader_id().voted_for(),
+                    elections,
+                    "rejected a candidate with a shorter log while the leader is silent; campaigning"
+                );
+                for _ in 0..elections {
+                    if self.consensus.raft.trigger().elect().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        reply(&result)
     }
 
     async fn install_snapshot(
@@ -49,7 +84,11 @@ impl RaftPeer for PeerService {
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
         let rpc = decode(request)?;
-        reply(&self.consensus.raft.install_snapshot(rpc).await)
+        let result = self.consensus.raft.install_snapshot(rpc).await;
+        if result.is_ok() {
+            self.leader_contact.touch();
+        }
+        reply(&result)
     }
 
     async fn forward(
