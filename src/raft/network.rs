@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -120,9 +120,19 @@ fn leader_desc(id: &Option<NodeId>, addr: &Option<String>) -> String {
 pub struct PeerClients {
     /// One lazily-connected channel per address; tonic reconnects it as needed.
     channels: Arc<Mutex<HashMap<String, RaftPeerClient<Channel>>>>,
+    /// Where the channels' connection tasks run (the caller's runtime if unset).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl PeerClients {
+    /// Channels whose connections run on `runtime` (the Raft runtime), whoever asks first.
+    pub fn on_runtime(runtime: tokio::runtime::Handle) -> Self {
+        Self {
+            channels: Arc::default(),
+            runtime: Some(runtime),
+        }
+    }
+
     /// A client for `addr` (`host:port`).
     pub fn get(&self, addr: &str) -> Result<RaftPeerClient<Channel>, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,6 +144,7 @@ impl PeerClients {
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10));
+        let _runtime = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
         let client = RaftPeerClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
@@ -232,18 +243,24 @@ impl PeerConnection {
         };
         let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
             Err(_) => {
-                return Err(RPCError::Unreachable(Unreachable::new(
-                    &std::io::Error::other(format!("{method} to node {} timed out", self.target)),
-                )))
+                let error = std::io::Error::other(format!(
+                    "{method} to node {} timed out after {:?}",
+                    self.target,
+                    option.hard_ttl()
+                ));
+                return Err(RPCError::Network(NetworkError::new(&error)));
             }
             Ok(Err(status)) => {
-                return Err(RPCError::Unreachable(Unreachable::new(
-                    &std::io::Error::other(format!(
-                        "{method} to node {}: {}",
-                        self.target,
-                        status.message()
-                    )),
-                )))
+                let error = std::io::Error::other(format!(
+                    "{method} to node {}: {}",
+                    self.target,
+                    status.message()
+                ));
+                return Err(if is_unreachable(&status) {
+                    RPCError::Unreachable(Unreachable::new(&error))
+                } else {
+                    RPCError::Network(NetworkError::new(&error))
+                });
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
@@ -254,7 +271,29 @@ impl PeerConnection {
     }
 }
 
+/// Whether a failed call means the peer cannot be reached at all (no connection), which
+/// openraft answers by pausing replication to it for [`PeerConnection::backoff`]. A slow or
+/// failed reply over a live connection is only a network error, retried at the next
+/// heartbeat: reported as unreachable, a busy follower's replication paused for 500 ms at a
+/// time and its watchers saw events that much later.
+fn is_unreachable(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+}
+
+/// Pauses between attempts to reach a peer that cannot be reached: short at first, so a
+/// restarted node catches up quickly, then at most every 500 ms (openraft's default).
+fn unreachable_backoff() -> impl Iterator<Item = Duration> {
+    [50, 100, 200, 400]
+        .into_iter()
+        .chain(std::iter::repeat(500))
+        .map(Duration::from_millis)
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(unreachable_backoff())
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -277,5 +316,33 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
         self.call("vote", &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_connection_counts_as_unreachable() {
+        assert!(is_unreachable(&tonic::Status::unavailable(
+            "tcp connect error"
+        )));
+        for status in [
+            tonic::Status::cancelled("request cancelled"),
+            tonic::Status::deadline_exceeded("slow"),
+            tonic::Status::internal("h2 protocol error"),
+        ] {
+            assert!(!is_unreachable(&status), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn the_unreachable_backoff_starts_short_and_levels_off_at_half_a_second() {
+        let pauses: Vec<u64> = unreachable_backoff()
+            .take(7)
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, vec![50, 100, 200, 400, 500, 500, 500]);
     }
 }
