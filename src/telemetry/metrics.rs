@@ -57,6 +57,9 @@ pub struct Metrics {
     pub health_probe_duration: HistogramVec,
     /// How late probes start relative to their schedule.
     pub health_schedule_lag: prometheus::Histogram,
+    /// Time from a revision's publication on this node to a watch stream handing its
+    /// response to the transport.
+    pub watch_send_lag: prometheus::Histogram,
     /// Health transitions committed by this node's prober, by new status.
     pub health_transitions: IntCounterVec,
     /// 1 while this node runs the prober (only the leader does).
@@ -178,6 +181,19 @@ impl Metrics {
         registry
             .register(Box::new(health_schedule_lag.clone()))
             .expect("unique metric");
+        let watch_send_lag = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "watch_send_lag_seconds",
+                "Revision published on this node to its watch response handed to the transport",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(watch_send_lag.clone()))
+            .expect("unique metric");
         let health_transitions = IntCounterVec::new(
             Opts::new(
                 "health_transitions_total",
@@ -249,6 +265,7 @@ impl Metrics {
             health_probes,
             health_probe_duration,
             health_schedule_lag,
+            watch_send_lag,
             health_transitions,
             health_prober_active: gauge(
                 &registry,

@@ -54,6 +54,8 @@ pub struct RevisionBatch {
     pub revision: u64,
     /// Its events, in the order the command made them.
     pub events: Vec<PublishedEvent>,
+    /// When this node published it (history replays keep the original time).
+    pub published: std::time::Instant,
 }
 
 impl RevisionBatch {
@@ -185,7 +187,11 @@ impl WatchHub {
 
     /// Publishes the events of one revision. Never blocks on a watcher.
     pub fn publish(&self, revision: u64, events: Vec<PublishedEvent>) {
-        let batch = Arc::new(RevisionBatch { revision, events });
+        let batch = Arc::new(RevisionBatch {
+            revision,
+            events,
+            published: std::time::Instant::now(),
+        });
         let mut inner = self.lock();
         inner.revision = revision;
         let mut cancelled = Vec::new();

@@ -105,6 +105,7 @@ impl WatchState {
             let mut events = Vec::new();
             let mut bytes = 0;
             let mut last_revision = None;
+            let mut oldest_live = None;
             for _ in 0..MAX_REVISIONS_PER_RESPONSE {
                 if bytes >= MAX_BYTES_PER_RESPONSE {
                     break;
@@ -119,7 +120,10 @@ impl WatchState {
                         .unwrap_or_else(|e| e.into_inner())
                         .pop_front()
                     {
-                        Some(batch) => batch,
+                        Some(batch) => {
+                            oldest_live.get_or_insert(batch.published);
+                            batch
+                        }
                         None => break,
                     },
                 };
@@ -138,6 +142,11 @@ impl WatchState {
                 self.position = revision;
                 if !events.is_empty() {
                     self.metrics.watch_events_sent.inc_by(events.len() as u64);
+                    if let Some(published) = oldest_live {
+                        self.metrics
+                            .watch_send_lag
+                            .observe(published.elapsed().as_secs_f64());
+                    }
                     self.next_progress = Instant::now() + self.progress_interval;
                     return Some(Ok(EncodedWatchResponse {
                         header: (self.header)(revision),
