@@ -27,9 +27,11 @@ use crate::raft::consensus::Consensus;
 use crate::raft::log_store::FileLogStore;
 use crate::raft::network::{PeerClients, PeerNetworkFactory, MAX_PEER_MESSAGE_BYTES};
 use crate::raft::peer_server::PeerService;
+use crate::raft::runtime::RaftRuntime;
 use crate::raft::state_machine::{AppliedState, StateMachineStore};
 use crate::raft::{NodeAddr, NodeId, Raft};
 use crate::telemetry::Metrics;
+use crate::transport::CoalescingStream;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
 /// Whether this node bootstraps a new cluster or joins an existing one (etcd's
@@ -213,7 +215,12 @@ pub async fn run_node(
     check_identity(&config.data_dir, config.id)?;
 
     // Bind first, so a busy port fails fast before any Raft state changes.
-    let peer_listener = bind("peer", &config.peer_addr).await?;
+    let raft_runtime = RaftRuntime::start()?;
+    // The peer listener belongs to the Raft runtime's reactor, like the connections it accepts.
+    let peer_addr = config.peer_addr.clone();
+    let peer_listener = raft_runtime
+        .run(async move { bind("peer", &peer_addr).await })
+        .await??;
     let client_listener = bind("client", &config.client_addr).await?;
     let admin_listener = bind("admin", &config.admin_addr).await?;
 
@@ -228,7 +235,7 @@ pub async fn run_node(
     let state_machine = StateMachineStore::open_with(&db, config.watch.clone(), metrics.clone())
         .map_err(|e| anyhow::anyhow!("open state machine: {e}"))?;
     let applied = state_machine.applied_state();
-    let peers = PeerClients::default();
+    let peers = PeerClients::on_runtime(raft_runtime.handle().clone());
 
     let raft_config = openraft::Config {
         cluster_name: "bowline".to_string(),
@@ -242,17 +249,14 @@ pub async fn run_node(
     }
     .validate()
     .context("raft configuration")?;
-    let raft = Raft::new(
-        config.id,
-        Arc::new(raft_config),
-        PeerNetworkFactory {
-            clients: peers.clone(),
-        },
-        log_store.clone(),
-        state_machine.clone(),
-    )
-    .await
-    .context("start raft")?;
+    let network = PeerNetworkFactory {
+        clients: peers.clone(),
+    };
+    let (id, stores) = (config.id, (log_store.clone(), state_machine.clone()));
+    let raft = raft_runtime
+        .run(async move { Raft::new(id, Arc::new(raft_config), network, stores.0, stores.1).await })
+        .await?
+        .context("start raft")?;
 
     if config.initial_cluster_state == ClusterState::New
         && config.initial_cluster.contains_key(&config.id)
@@ -414,7 +418,7 @@ pub async fn run_node(
         }
         .supervise(stop_rx.clone()),
     );
-    let peer_task = tokio::spawn(peer_server);
+    let peer_task = raft_runtime.handle().spawn(peer_server);
     let client_task = tokio::spawn(client_server);
     let admin_task = tokio::spawn(admin_server);
 
@@ -437,6 +441,7 @@ pub async fn run_node(
     let _ = tokio::time::timeout(drain, peer_task).await;
     metrics_task.abort();
     compaction_task.abort();
+    drop(raft_runtime);
     db.flush_async().await.context("flush sled on shutdown")?;
     tracing::info!("stopped");
     Ok(())
@@ -445,6 +450,12 @@ pub async fn run_node(
 /// Accepted connections with Nagle's algorithm off. The builder's `tcp_nodelay` only applies
 /// to listeners tonic binds itself; on ours, small responses waited for the peer's delayed
 /// ACK, costing every request about 40 ms.
-fn accepted_without_nagle(listener: tokio::net::TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// Their writes are coalesced across streams (see [`crate::transport`]).
+fn accepted_without_nagle(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<CoalescingStream<tokio::net::TcpStream>>> {
+    use futures::TryStreamExt;
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map_ok(CoalescingStream::new)
 }

@@ -18,6 +18,7 @@
 //! - [`bench`]: `bowline bench` suites.
 //! - [`watch`]: the watch hub, filters, pre-encoded events and watch streams.
 //! - [`telemetry`]: metrics registry and logging.
+//! - [`transport`]: server connections that coalesce HTTP/2 writes.
 //! - [`proto`]: generated gRPC code.
 
 pub mod admin;
@@ -33,5 +34,6 @@ pub mod proto;
 pub mod raft;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod watch;
 pub mod xds;
