@@ -90,6 +90,20 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     g
 }
 
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> prometheus::Histogram {
+    let h = prometheus::Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     registry
@@ -168,32 +182,22 @@ impl Metrics {
         registry
             .register(Box::new(health_probe_duration.clone()))
             .expect("unique metric");
-        let health_schedule_lag = prometheus::Histogram::with_opts(
-            HistogramOpts::new(
-                "health_schedule_lag_seconds",
-                "How late health probes start",
-            )
-            .buckets(vec![
+        let health_schedule_lag = histogram(
+            &registry,
+            "health_schedule_lag_seconds",
+            "How late health probes start",
+            vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(health_schedule_lag.clone()))
-            .expect("unique metric");
-        let watch_send_lag = prometheus::Histogram::with_opts(
-            HistogramOpts::new(
-                "watch_send_lag_seconds",
-                "Revision published on this node to its watch response handed to the transport",
-            )
-            .buckets(vec![
+            ],
+        );
+        let watch_send_lag = histogram(
+            &registry,
+            "watch_send_lag_seconds",
+            "Revision published on this node to its watch response handed to the transport",
+            vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(watch_send_lag.clone()))
-            .expect("unique metric");
+            ],
+        );
         let health_transitions = IntCounterVec::new(
             Opts::new(
                 "health_transitions_total",
@@ -232,25 +236,18 @@ impl Metrics {
         let latency_buckets = vec![
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
-        let xds_push_latency = prometheus::Histogram::with_opts(
-            HistogramOpts::new(
-                "xds_push_latency_seconds",
-                "State change to xDS response sent",
-            )
-            .buckets(latency_buckets.clone()),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(xds_push_latency.clone()))
-            .expect("unique metric");
-        let xds_ack_latency = prometheus::Histogram::with_opts(
-            HistogramOpts::new("xds_ack_latency_seconds", "xDS response sent to its ACK")
-                .buckets(latency_buckets),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(xds_ack_latency.clone()))
-            .expect("unique metric");
+        let xds_push_latency = histogram(
+            &registry,
+            "xds_push_latency_seconds",
+            "State change to xDS response sent",
+            latency_buckets.clone(),
+        );
+        let xds_ack_latency = histogram(
+            &registry,
+            "xds_ack_latency_seconds",
+            "xDS response sent to its ACK",
+            latency_buckets,
+        );
         Self {
             xds_streams,
             xds_pushes,
