@@ -252,9 +252,9 @@ pub async fn run_node(
     let network = PeerNetworkFactory {
         clients: peers.clone(),
     };
-    let (id, stores) = (config.id, (log_store.clone(), state_machine.clone()));
+    let (id, logs, states) = (config.id, log_store.clone(), state_machine.clone());
     let raft = raft_runtime
-        .run(async move { Raft::new(id, Arc::new(raft_config), network, stores.0, stores.1).await })
+        .run(async move { Raft::new(id, Arc::new(raft_config), network, logs, states).await })
         .await?
         .context("start raft")?;
 

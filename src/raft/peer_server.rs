@@ -1,10 +1,10 @@
 //! The peer network, server side: the tonic service on the peer port. It decodes, calls
 //! openraft (or [`Consensus::execute_local`] for forwarded work) and encodes the result.
 
+use std::time::Duration;
+
 use openraft::raft::{AppendEntriesResponse, VoteRequest};
 use tonic::{Request, Response, Status};
-
-use std::time::Duration;
 
 use super::campaign::{elections_after_rejection, LeaderContact};
 use super::codec;

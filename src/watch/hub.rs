@@ -54,7 +54,7 @@ pub struct RevisionBatch {
     pub revision: u64,
     /// Its events, in the order the command made them.
     pub events: Vec<PublishedEvent>,
-    /// When this node published it (history replays keep the original time).
+    /// When this node published it (for `bowline_watch_send_lag_seconds`).
     pub published: std::time::Instant,
 }
 

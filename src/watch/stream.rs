@@ -105,13 +105,14 @@ impl WatchState {
             let mut events = Vec::new();
             let mut bytes = 0;
             let mut last_revision = None;
+            // Publication time of the oldest live (not replayed) revision in this response.
             let mut oldest_live = None;
             for _ in 0..MAX_REVISIONS_PER_RESPONSE {
                 if bytes >= MAX_BYTES_PER_RESPONSE {
                     break;
                 }
-                let batch = match self.sub.replay.pop_front() {
-                    Some(batch) => batch,
+                let (batch, live) = match self.sub.replay.pop_front() {
+                    Some(batch) => (batch, false),
                     None => match self
                         .sub
                         .shared
@@ -120,10 +121,7 @@ impl WatchState {
                         .unwrap_or_else(|e| e.into_inner())
                         .pop_front()
                     {
-                        Some(batch) => {
-                            oldest_live.get_or_insert(batch.published);
-                            batch
-                        }
+                        Some(batch) => (batch, true),
                         None => break,
                     },
                 };
@@ -134,6 +132,9 @@ impl WatchState {
                     if self.sub.shared.filter.matches(&event.meta) {
                         bytes += event.chunk.len();
                         events.push(event.chunk.clone());
+                        if live {
+                            oldest_live.get_or_insert(batch.published);
+                        }
                     }
                 }
                 last_revision = Some(batch.revision);
