@@ -37,13 +37,15 @@ pub struct ApiContext {
 impl ApiContext {
     /// The header for an answer at `revision`.
     pub fn header(&self, revision: u64) -> Option<ResponseHeader> {
-        let metrics = self.consensus.raft.metrics();
-        let metrics = metrics.borrow();
+        // The server metrics change only with the vote or leader, so this read lock is not
+        // contended by Raft's per-entry metrics updates.
+        let server = self.consensus.raft.server_metrics();
+        let server = server.borrow();
         Some(ResponseHeader {
             revision,
             node_id: self.consensus.id,
-            leader_id: metrics.current_leader.unwrap_or(0),
-            raft_term: metrics.current_term,
+            leader_id: server.current_leader.unwrap_or(0),
+            raft_term: server.vote.leader_id().get_term(),
         })
     }
 
@@ -77,7 +79,7 @@ impl ApiContext {
         };
         self.metrics
             .api_requests
-            .with_label_values(&[method, &format!("{code:?}")])
+            .with_label_values(&[method, code_label(code)])
             .inc();
         self.metrics
             .api_latency
@@ -90,10 +92,48 @@ impl ApiContext {
     }
 }
 
+/// The status code as the `code` label spells it (the variant name), without formatting
+/// a string per request.
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "Ok",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
 /// Unix milliseconds now, for timestamps the proposer puts into commands.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code_label;
+
+    #[test]
+    fn code_label_spells_every_status_code_as_its_variant_name() {
+        for n in 0..=16 {
+            let code = tonic::Code::from_i32(n);
+            assert_eq!(code_label(code), format!("{code:?}"), "code {n}");
+        }
+    }
 }

@@ -528,7 +528,8 @@ impl TermProber {
 
 impl HealthChecker {
     fn leading_term(&self) -> Option<u64> {
-        let m = self.consensus.raft.metrics().borrow().clone();
+        let metrics = self.consensus.raft.metrics();
+        let m = metrics.borrow();
         let leader =
             m.current_leader == Some(self.consensus.id) && m.state == openraft::ServerState::Leader;
         // A leader cut off from its quorum may be deposed already: stop probing rather
@@ -563,7 +564,11 @@ impl HealthChecker {
     /// Follows leadership until `stop` flips: starts a prober when this node leads, stops it
     /// (before anything else happens) when it does not.
     pub async fn supervise(self, mut stop: watch::Receiver<bool>) {
-        let mut metrics = self.consensus.raft.metrics();
+        // Leadership lives in the server metrics, which change only with the vote, state or
+        // membership. The full metrics change on every Raft loop pass (each append or
+        // heartbeat), and waking on them cost every node a context switch per entry. The
+        // tick re-checks the quorum acknowledgement, which only the full metrics carry.
+        let mut leadership = self.consensus.raft.server_metrics();
         let mut running: Option<(u64, JoinHandle<()>)> = None;
         loop {
             let wanted = self.leading_term();
@@ -580,8 +585,8 @@ impl HealthChecker {
                 }
             }
             tokio::select! {
-                _ = metrics.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = leadership.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 _ = stop.changed() => break,
             }
         }
