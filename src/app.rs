@@ -27,6 +27,7 @@ use crate::raft::consensus::Consensus;
 use crate::raft::log_store::FileLogStore;
 use crate::raft::network::{PeerClients, PeerNetworkFactory, MAX_PEER_MESSAGE_BYTES};
 use crate::raft::peer_server::PeerService;
+use crate::raft::read_index::RestoredLeadership;
 use crate::raft::runtime::RaftRuntime;
 use crate::raft::state_machine::{AppliedState, StateMachineStore};
 use crate::raft::{NodeAddr, NodeId, Raft};
@@ -252,6 +253,29 @@ pub async fn run_node(
     let network = PeerNetworkFactory {
         clients: peers.clone(),
     };
+    let restored = {
+        use openraft::storage::RaftLogStorage;
+        let mut probe = log_store.clone();
+        let vote = probe
+            .read_vote()
+            .await
+            .map_err(|e| anyhow::anyhow!("read raft vote: {e}"))?;
+        let last = probe
+            .get_log_state()
+            .await
+            .map_err(|e| anyhow::anyhow!("read raft log state: {e}"))?
+            .last_log_id
+            .map(|l| l.index);
+        RestoredLeadership::detect(config.id, vote.as_ref(), last)
+    };
+    if let Some(r) = restored {
+        tracing::info!(
+            term = r.term,
+            last_log_index = r.last_log_index,
+            "restarting as the leader of term {}; reads wait for the log it had",
+            r.term
+        );
+    }
     let (id, logs, states) = (config.id, log_store.clone(), state_machine.clone());
     let raft = raft_runtime
         .run(async move { Raft::new(id, Arc::new(raft_config), network, logs, states).await })
@@ -295,6 +319,7 @@ pub async fn run_node(
         read_batch: Default::default(),
         read_barrier_batch: Default::default(),
         write_batch: Default::default(),
+        restored,
     };
     let node = NodeHandle {
         consensus: consensus.clone(),

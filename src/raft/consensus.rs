@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::codec;
 use super::network::{ConsensusError, ForwardReply, ForwardRequest, PeerClients};
 use super::proposal_batch::ProposalBatcher;
-use super::read_index::ReadIndexBatcher;
+use super::read_index::{ReadIndexBatcher, RestoredLeadership};
 use super::state_machine::AppliedState;
 use super::{NodeAddr, NodeId, Raft};
 use crate::command::{Command, CommandResult, Proposal};
@@ -47,6 +47,8 @@ pub struct Consensus {
     pub read_barrier_batch: ReadIndexBatcher,
     /// Packs concurrent writes on the leader into shared entries.
     pub write_batch: ProposalBatcher,
+    /// The leadership openraft restored at start-up, if this node led when it stopped.
+    pub restored: Option<RestoredLeadership>,
 }
 
 fn not_leader<E>(
@@ -64,9 +66,17 @@ fn fatal(e: impl std::fmt::Display) -> ConsensusError {
 
 /// One leadership confirmation (a heartbeat round a quorum acknowledges); returns the read
 /// index it makes safe to serve.
-async fn confirm_read_index(raft: &Raft) -> Result<u64, ConsensusError> {
+async fn confirm_read_index(
+    raft: &Raft,
+    restored: Option<RestoredLeadership>,
+) -> Result<u64, ConsensusError> {
+    let term = || raft.server_metrics().borrow().vote.leader_id().get_term();
+    let term_before = term();
     match raft.get_read_log_id().await {
-        Ok((read_log_id, _)) => Ok(read_log_id.map_or(0, |l| l.index)),
+        Ok((read_log_id, _)) => {
+            let index = read_log_id.map_or(0, |l| l.index);
+            Ok(restored.map_or(index, |r| r.floor(index, term_before, term())))
+        }
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => not_leader(f),
         Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(
             ConsensusError::Unavailable("the leader cannot reach a quorum".to_string()),
@@ -267,9 +277,10 @@ impl Consensus {
             }
             ForwardRequest::ReadIndex => {
                 let raft = self.raft.clone();
+                let restored = self.restored;
                 let confirm = move || {
                     let raft = raft.clone();
-                    async move { confirm_read_index(&raft).await }
+                    async move { confirm_read_index(&raft, restored).await }
                 };
                 self.read_batch
                     .read_index(confirm)

@@ -88,9 +88,99 @@ impl ReadIndexBatcher {
     }
 }
 
+/// Leadership this node held when it stopped, which openraft restores at start-up.
+///
+/// A leader restarted "without losing leadership" (say every node crashed and came back
+/// before anyone campaigned) keeps its term, and openraft then takes the first entry of
+/// that term as the read index floor, together with the commit index the node had saved,
+/// which is written without fsync and may lag. Entries after both may have been committed
+/// and acknowledged before the crash; a read must not be served before they are applied
+/// again. Found by `bowline jepsen --nemesis crash-all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoredLeadership {
+    /// The term this node led in when it stopped.
+    pub term: u64,
+    /// The last entry in its log then: every acknowledged write is at or below it.
+    pub last_log_index: u64,
+}
+
+impl RestoredLeadership {
+    /// From the vote and the last log index persisted at start-up: `Some` when this node
+    /// was the committed leader of its term.
+    pub fn detect(
+        id: super::NodeId,
+        vote: Option<&openraft::Vote<super::NodeId>>,
+        last_log_index: Option<u64>,
+    ) -> Option<Self> {
+        let vote = vote?;
+        (vote.is_committed() && vote.leader_id().voted_for() == Some(id)).then(|| Self {
+            term: vote.leader_id().get_term(),
+            last_log_index: last_log_index.unwrap_or(0),
+        })
+    }
+
+    /// The read index for a confirmation that returned `index` while the term was
+    /// `term_before` when it began and `term_after` when it ended: raised to the restored
+    /// log's end while this node still leads the restored term. A later term has its own
+    /// blank entry after everything committed before, so openraft's index is enough there.
+    pub fn floor(&self, index: u64, term_before: u64, term_after: u64) -> u64 {
+        if term_before == self.term || term_after == self.term {
+            index.max(self.last_log_index)
+        } else {
+            index
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vote(term: u64, node: u64, committed: bool) -> openraft::Vote<u64> {
+        if committed {
+            openraft::Vote::new_committed(term, node)
+        } else {
+            openraft::Vote::new(term, node)
+        }
+    }
+
+    #[test]
+    fn only_a_committed_vote_for_this_node_is_a_restored_leadership() {
+        let led = RestoredLeadership::detect(1, Some(&vote(4, 1, true)), Some(90));
+        assert_eq!(
+            led,
+            Some(RestoredLeadership {
+                term: 4,
+                last_log_index: 90
+            })
+        );
+        assert_eq!(
+            RestoredLeadership::detect(1, Some(&vote(4, 2, true)), Some(90)),
+            None
+        );
+        assert_eq!(
+            RestoredLeadership::detect(1, Some(&vote(4, 1, false)), Some(90)),
+            None,
+            "a candidate's vote for itself is not leadership"
+        );
+        assert_eq!(RestoredLeadership::detect(1, None, None), None);
+    }
+
+    #[test]
+    fn the_floor_holds_in_the_restored_term_only() {
+        let restored = RestoredLeadership {
+            term: 4,
+            last_log_index: 90,
+        };
+        assert_eq!(restored.floor(70, 4, 4), 90, "stale commit index raised");
+        assert_eq!(restored.floor(95, 4, 4), 95, "never lowered");
+        assert_eq!(restored.floor(70, 4, 5), 90, "term moved during the check");
+        assert_eq!(
+            restored.floor(70, 5, 5),
+            70,
+            "a later term has its own blank entry"
+        );
+    }
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
