@@ -29,6 +29,7 @@ pub mod cli;
 pub mod client;
 pub mod command;
 pub mod health;
+pub mod jepsen;
 pub mod model;
 pub mod proto;
 pub mod raft;

@@ -104,6 +104,9 @@ pub enum Command {
     Proxy(proxy::ProxyCommand),
     /// Fault scenarios against a local three-node cluster, with writers and watchers checked.
     Chaos(crate::bench::chaos::ChaosArgs),
+    /// Linearizability test: clients read and write registers while nodes are killed,
+    /// paused or cut off; every register's history is checked (exit 1 if one is not).
+    Jepsen(crate::jepsen::JepsenArgs),
     /// Exit 0 when a node's admin port says it is ready (a healthcheck for containers).
     Ready(tools::ReadyArgs),
     /// A demo HTTP backend that answers with its name and version.
@@ -165,6 +168,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chaos(ref args) => {
             init_logging(cli.log_format, "warn");
             crate::bench::chaos::run(args).await
+        }
+        Command::Jepsen(ref args) => {
+            init_logging(cli.log_format, "warn");
+            crate::jepsen::run(args).await
         }
         Command::Echo(ref args) => tools::echo(args).await,
     }

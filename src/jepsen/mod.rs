@@ -1,0 +1,612 @@
+//! `bowline jepsen`: a linearizability test in the manner of Jepsen. Clients pinned to the
+//! nodes of a local three-node cluster of real processes read and write a handful of
+//! registers (a service's metadata value) while a nemesis kills, pauses or cuts off nodes;
+//! every operation is recorded with its invocation and return time, and the history of
+//! each register is then checked for linearizability ([`checker`]).
+//!
+//! Writes whose outcome the client cannot know (a timeout, a dropped connection, an
+//! ambiguous error) are recorded as such: the checker lets them take effect at any point
+//! after their invocation, or never. Failed reads are dropped (they change nothing).
+
+pub mod checker;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::bench::cluster::LocalCluster;
+use crate::proto::v1 as pb;
+use crate::proto::v1::registry_client::RegistryClient;
+use checker::{check_register, Op, OpKind, Verdict};
+
+/// The faults the nemesis injects, in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// SIGKILL the leader, restart it after the fault window.
+    Kill,
+    /// SIGSTOP the leader (a long pause), SIGCONT it after the fault window.
+    Pause,
+    /// SIGKILL a follower, restart it after the fault window.
+    KillFollower,
+    /// SIGKILL every node at once, restart them all.
+    CrashAll,
+    /// Cut the leader off from its peers with iptables (needs root, `ip` and `iptables`).
+    Partition,
+}
+
+/// Read consistency the clients ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadConsistency {
+    /// Linearizable reads (the default, and what the test expects to hold).
+    Linearizable,
+    /// Stale reads: expected to fail the check; shows the checker catches stale reads.
+    Stale,
+}
+
+/// Flags of `bowline jepsen`.
+#[derive(Debug, Args)]
+pub struct JepsenArgs {
+    /// Faults to inject, in turn, each for --fault-ms with --fault-ms of calm between them.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "kill,pause")]
+    pub nemesis: Vec<Fault>,
+    /// Seconds of workload.
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+    /// Most operations in all (the run stops at this or --seconds, whichever comes first).
+    #[arg(long, default_value_t = 30_000)]
+    pub max_ops: usize,
+    /// Concurrent clients; client i is pinned to node i mod 3.
+    #[arg(long, default_value_t = 9)]
+    pub clients: usize,
+    /// Registers the clients share (fewer means more contention on each).
+    #[arg(long, default_value_t = 6)]
+    pub keys: usize,
+    /// How long one fault lasts, and the calm between two, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub fault_ms: u64,
+    /// Client timeout per operation, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub timeout_ms: u64,
+    /// Read consistency to test.
+    #[arg(long, value_enum, default_value = "linearizable")]
+    pub reads: ReadConsistency,
+    /// Write every operation as a JSON line to this file.
+    #[arg(long)]
+    pub history: Option<std::path::PathBuf>,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Answered.
+    Ok,
+    /// Failed in a way that proves nothing changed (reads only: they change nothing).
+    Fail,
+    /// The client cannot know whether it took effect (writes).
+    Unknown,
+}
+
+/// One recorded operation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recorded {
+    /// The client that ran it.
+    pub client: usize,
+    /// Register (service name).
+    pub key: String,
+    /// "write" or "read".
+    pub kind: &'static str,
+    /// Value written, or read (`None`: the register was unset).
+    pub value: Option<u32>,
+    /// Microseconds since the run began, at invocation.
+    pub invoke_us: u64,
+    /// Microseconds since the run began, at the answer (`None` when unknown).
+    pub complete_us: Option<u64>,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// The error, when there was one.
+    pub error: Option<String>,
+}
+
+/// One fault the nemesis injected.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultEvent {
+    /// Which fault.
+    pub fault: Fault,
+    /// The node (1-based id) it hit; `None` for all nodes.
+    pub node: Option<usize>,
+    /// Milliseconds since the run began when it started.
+    pub at_ms: u64,
+    /// Milliseconds it lasted.
+    pub lasted_ms: u64,
+}
+
+/// The verdict on one register.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyResult {
+    /// Register.
+    pub key: String,
+    /// Operations checked on it (failed reads excluded).
+    pub ops: usize,
+    /// Whether its history is linearizable.
+    pub linearizable: bool,
+    /// When not: the operation to start looking at.
+    pub culprit: Option<Recorded>,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct JepsenResult {
+    /// Read consistency tested.
+    pub reads: ReadConsistency,
+    /// Acknowledged writes.
+    pub writes_ok: usize,
+    /// Writes with unknown outcome.
+    pub writes_unknown: usize,
+    /// Answered reads.
+    pub reads_ok: usize,
+    /// Failed reads (dropped from the check).
+    pub reads_failed: usize,
+    /// Faults injected.
+    pub faults: Vec<FaultEvent>,
+    /// Per register.
+    pub keys: Vec<KeyResult>,
+    /// Whether every register's history is linearizable.
+    pub linearizable: bool,
+}
+
+/// A small xorshift generator: the workload needs cheap, seedable choices, not a crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn key_name(k: usize) -> String {
+    format!("jepsen-register-{k}")
+}
+
+fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// One client: operations in a closed loop against its node until `stop`.
+#[allow(clippy::too_many_arguments)]
+async fn client_loop(
+    id: usize,
+    addr: String,
+    args_keys: usize,
+    consistency: pb::Consistency,
+    timeout: Duration,
+    began: Instant,
+    stop: Arc<AtomicBool>,
+    budget: Arc<AtomicUsize>,
+) -> anyhow::Result<Vec<Recorded>> {
+    let mut client = RegistryClient::new(channel(&addr, timeout)?);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    let mut history = Vec::new();
+    let mut seq = 0u32;
+    let us = |t: Instant| t.duration_since(began).as_micros() as u64;
+    let take_one = || {
+        budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    };
+    while !stop.load(Ordering::Relaxed) && take_one() {
+        let key = key_name(rng.next() as usize % args_keys);
+        let write = rng.next().is_multiple_of(2);
+        let invoked = Instant::now();
+        if write {
+            seq += 1;
+            // Unique across the run: the checker pins each read to the one write it saw.
+            let value = (id as u32) * 1_000_000 + seq;
+            let request = pb::RegisterServiceRequest {
+                service: Some(pb::Service {
+                    name: key.clone(),
+                    metadata: [("v".to_string(), value.to_string())].into(),
+                    ..Default::default()
+                }),
+                expected_revision: None,
+            };
+            let answer = tokio::time::timeout(timeout, client.register_service(request)).await;
+            let (outcome, complete, error) = match answer {
+                Ok(Ok(_)) => (Outcome::Ok, Some(us(Instant::now())), None),
+                // Every failure counts as unknown: an error may come after the command was
+                // proposed, and treating it as "did not happen" could hide a real anomaly.
+                Ok(Err(status)) => (Outcome::Unknown, None, Some(status.to_string())),
+                Err(_) => (Outcome::Unknown, None, Some("client timeout".to_string())),
+            };
+            history.push(Recorded {
+                client: id,
+                key,
+                kind: "write",
+                value: Some(value),
+                invoke_us: us(invoked),
+                complete_us: complete,
+                outcome,
+                error,
+            });
+        } else {
+            let request = pb::GetServiceRequest {
+                namespace: String::new(),
+                name: key.clone(),
+                consistency: consistency as i32,
+            };
+            let answer = tokio::time::timeout(timeout, client.get_service(request)).await;
+            let completed = us(Instant::now());
+            let (outcome, value, error) = match answer {
+                Ok(Ok(response)) => {
+                    let value = response
+                        .into_inner()
+                        .service
+                        .and_then(|s| s.metadata.get("v").and_then(|v| v.parse().ok()));
+                    (Outcome::Ok, value, None)
+                }
+                Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                    (Outcome::Ok, None, None)
+                }
+                Ok(Err(status)) => (Outcome::Fail, None, Some(status.to_string())),
+                Err(_) => (Outcome::Fail, None, Some("client timeout".to_string())),
+            };
+            history.push(Recorded {
+                client: id,
+                key,
+                kind: "read",
+                value,
+                invoke_us: us(invoked),
+                complete_us: (outcome == Outcome::Ok).then_some(completed),
+                outcome,
+                error,
+            });
+            if outcome == Outcome::Fail {
+                // A node that is down answers at once; do not spin on it.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    Ok(history)
+}
+
+/// The index of the node that leads now, asking each node.
+async fn leader_index(cluster: &LocalCluster) -> Option<usize> {
+    for (i, addr) in cluster.client_addrs.iter().enumerate() {
+        let Ok(channel) = channel(addr, Duration::from_millis(300)) else {
+            continue;
+        };
+        let mut client = crate::proto::v1::cluster_client::ClusterClient::new(channel);
+        let call = client.status(pb::StatusRequest {});
+        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(300), call).await {
+            let status = status.into_inner();
+            if status.leader_id != 0 && status.leader_id == status.node_id {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+async fn wait_leader(cluster: &LocalCluster) -> Option<usize> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(i) = leader_index(cluster).await {
+            return Some(i);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Injects `faults` in turn until `stop`, each for `window`, with `window` of calm before
+/// each; heals everything before returning.
+async fn nemesis(
+    cluster: &mut LocalCluster,
+    faults: &[Fault],
+    window: Duration,
+    began: Instant,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<FaultEvent>> {
+    let mut events = Vec::new();
+    let mut turn = 0;
+    loop {
+        let calm_until = Instant::now() + window;
+        while Instant::now() < calm_until && !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if stop.load(Ordering::Relaxed) || faults.is_empty() {
+            break;
+        }
+        let fault = faults[turn % faults.len()];
+        turn += 1;
+        let Some(leader) = wait_leader(cluster).await else {
+            anyhow::bail!("no leader to inject {fault:?} into");
+        };
+        let target = match fault {
+            Fault::KillFollower => Some((leader + 1) % cluster.len()),
+            Fault::CrashAll => None,
+            _ => Some(leader),
+        };
+        let started = Instant::now();
+        match (fault, target) {
+            (Fault::Kill | Fault::KillFollower, Some(i)) => cluster.kill(i),
+            (Fault::Pause, Some(i)) => cluster.pause(i),
+            (Fault::Partition, Some(i)) => cluster.isolate(i)?,
+            _ => (0..cluster.len()).for_each(|i| cluster.kill(i)),
+        }
+        // A fault lasts its window even when the run is ending: healing early would hide
+        // what the window is for.
+        tokio::time::sleep(window).await;
+        match (fault, target) {
+            (Fault::Kill | Fault::KillFollower, Some(i)) => cluster.spawn(i, &[])?,
+            (Fault::Pause, Some(i)) => cluster.resume(i),
+            (Fault::Partition, Some(i)) => cluster.heal(i)?,
+            _ => {
+                for i in 0..cluster.len() {
+                    cluster.spawn(i, &[])?;
+                }
+            }
+        }
+        events.push(FaultEvent {
+            fault,
+            node: target.map(|i| i + 1),
+            at_ms: started.duration_since(began).as_millis() as u64,
+            lasted_ms: started.elapsed().as_millis() as u64,
+        });
+        eprintln!(
+            "jepsen: {fault:?} on {} for {} ms",
+            target.map_or("every node".to_string(), |i| format!("node {}", i + 1)),
+            started.elapsed().as_millis()
+        );
+    }
+    Ok(events)
+}
+
+/// Checks every register's history.
+fn check(history: &[Recorded], keys: usize) -> Vec<KeyResult> {
+    (0..keys)
+        .map(key_name)
+        .map(|key| {
+            let recorded: Vec<&Recorded> = history
+                .iter()
+                .filter(|r| r.key == key && r.outcome != Outcome::Fail)
+                .collect();
+            let ops: Vec<Op> = recorded
+                .iter()
+                .map(|r| Op {
+                    invoke: r.invoke_us,
+                    complete: r.complete_us,
+                    kind: if r.kind == "write" {
+                        OpKind::Write(r.value.unwrap_or_default())
+                    } else {
+                        OpKind::Read(r.value)
+                    },
+                })
+                .collect();
+            let verdict = check_register(&ops);
+            KeyResult {
+                key,
+                ops: ops.len(),
+                linearizable: verdict == Verdict::Linearizable,
+                culprit: match verdict {
+                    Verdict::Linearizable => None,
+                    Verdict::NotLinearizable { op } => Some(recorded[op].clone()),
+                },
+            }
+        })
+        .collect()
+}
+
+/// Runs `bowline jepsen`; fails when a history is not linearizable or nothing was checked.
+pub async fn run(args: &JepsenArgs) -> anyhow::Result<()> {
+    if args.keys == 0 || args.clients == 0 {
+        anyhow::bail!("--keys and --clients must be at least 1");
+    }
+    let partition = args.nemesis.contains(&Fault::Partition);
+    if partition {
+        crate::bench::netns::check_available()?;
+    }
+    eprintln!("jepsen: starting a three-node cluster");
+    let mut cluster = if partition {
+        LocalCluster::start_partitionable(3, &[]).await?
+    } else {
+        LocalCluster::start(3, &[]).await?
+    };
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let consistency = match args.reads {
+        ReadConsistency::Linearizable => pb::Consistency::Linearizable,
+        ReadConsistency::Stale => pb::Consistency::Stale,
+    };
+    let began = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let budget = Arc::new(AtomicUsize::new(args.max_ops));
+    let clients: Vec<_> = (0..args.clients)
+        .map(|id| {
+            tokio::spawn(client_loop(
+                id,
+                cluster.client_addrs[id % cluster.len()].clone(),
+                args.keys,
+                consistency,
+                timeout,
+                began,
+                stop.clone(),
+                budget.clone(),
+            ))
+        })
+        .collect();
+    eprintln!(
+        "jepsen: {} clients on {} registers for {} s, faults: {:?}",
+        args.clients, args.keys, args.seconds, args.nemesis
+    );
+    let stopper = {
+        let stop = stop.clone();
+        let seconds = args.seconds;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let faults = nemesis(
+        &mut cluster,
+        &args.nemesis,
+        Duration::from_millis(args.fault_ms),
+        began,
+        stop.clone(),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    stopper.abort();
+    let mut history = Vec::new();
+    for client in clients {
+        history.extend(client.await??);
+    }
+    let faults = faults?;
+
+    // A last linearizable read of every register on the healed cluster, so a write of
+    // unknown outcome is pinned down one way or the other.
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let mut last = RegistryClient::new(channel(&cluster.client_addrs[0], timeout)?);
+    for k in 0..args.keys {
+        let key = key_name(k);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let invoked = began.elapsed().as_micros() as u64;
+            let request = pb::GetServiceRequest {
+                namespace: String::new(),
+                name: key.clone(),
+                consistency: pb::Consistency::Linearizable as i32,
+            };
+            let answer = tokio::time::timeout(timeout, last.get_service(request)).await;
+            let value = match answer {
+                Ok(Ok(r)) => Some(
+                    r.into_inner()
+                        .service
+                        .and_then(|s| s.metadata.get("v").and_then(|v| v.parse().ok())),
+                ),
+                Ok(Err(status)) if status.code() == tonic::Code::NotFound => Some(None),
+                _ => None,
+            };
+            if let Some(value) = value {
+                history.push(Recorded {
+                    client: args.clients,
+                    key: key.clone(),
+                    kind: "read",
+                    value,
+                    invoke_us: invoked,
+                    complete_us: Some(began.elapsed().as_micros() as u64),
+                    outcome: Outcome::Ok,
+                    error: None,
+                });
+                break;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("the healed cluster did not answer a read of {key} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    history.sort_by_key(|r| r.invoke_us);
+
+    if let Some(path) = &args.history {
+        let mut out = String::new();
+        for r in &history {
+            out.push_str(&serde_json::to_string(r)?);
+            out.push('\n');
+        }
+        std::fs::write(path, out)?;
+    }
+    let count = |kind: &str, outcome: Outcome| {
+        history
+            .iter()
+            .filter(|r| r.kind == kind && r.outcome == outcome)
+            .count()
+    };
+    let keys = check(&history, args.keys);
+    let result = JepsenResult {
+        reads: args.reads,
+        writes_ok: count("write", Outcome::Ok),
+        writes_unknown: count("write", Outcome::Unknown),
+        reads_ok: count("read", Outcome::Ok),
+        reads_failed: count("read", Outcome::Fail),
+        linearizable: keys.iter().all(|k| k.linearizable),
+        faults,
+        keys,
+    };
+    print_result(&result);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
+    }
+    if result.writes_ok == 0 || result.reads_ok <= args.keys {
+        anyhow::bail!("too few operations succeeded to check anything");
+    }
+    if !result.linearizable {
+        anyhow::bail!("a register's history is not linearizable (see the culprit above)");
+    }
+    Ok(())
+}
+
+fn print_result(r: &JepsenResult) {
+    let mut by_fault: BTreeMap<String, usize> = BTreeMap::new();
+    for f in &r.faults {
+        *by_fault.entry(format!("{:?}", f.fault)).or_default() += 1;
+    }
+    println!(
+        "writes: {} acknowledged, {} unknown; reads: {} answered, {} failed; faults: {}",
+        r.writes_ok,
+        r.writes_unknown,
+        r.reads_ok,
+        r.reads_failed,
+        if by_fault.is_empty() {
+            "none".to_string()
+        } else {
+            by_fault
+                .iter()
+                .map(|(f, n)| format!("{f} ×{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    println!("{:<22} {:>6}  VERDICT", "REGISTER", "OPS");
+    for k in &r.keys {
+        println!(
+            "{:<22} {:>6}  {}",
+            k.key,
+            k.ops,
+            if k.linearizable {
+                "linearizable"
+            } else {
+                "NOT LINEARIZABLE"
+            }
+        );
+        if let Some(c) = &k.culprit {
+            println!(
+                "  look from: client {} {} {:?} invoked at {} µs, answered at {:?} µs",
+                c.client, c.kind, c.value, c.invoke_us, c.complete_us
+            );
+        }
+    }
+    println!(
+        "{}",
+        if r.linearizable {
+            "result: linearizable"
+        } else {
+            "result: NOT linearizable"
+        }
+    );
+}
