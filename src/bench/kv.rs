@@ -69,6 +69,19 @@ pub struct CompareArgs {
     pub quick: bool,
 }
 
+/// The Bowline write of `value` under `key`: a service named `key` whose metadata `v` is
+/// `value` (one Raft entry, as an etcd put is).
+pub fn value_service(key: &str, value: &str) -> pb::RegisterServiceRequest {
+    pb::RegisterServiceRequest {
+        service: Some(pb::Service {
+            name: key.to_string(),
+            metadata: [("v".to_string(), value.to_string())].into(),
+            ..Default::default()
+        }),
+        expected_revision: None,
+    }
+}
+
 /// A client of one node of either system, spreading requests over a few connections.
 #[derive(Clone)]
 pub enum KvClient {
@@ -97,15 +110,10 @@ impl KvClient {
         match self {
             KvClient::Bowline(clients) => {
                 let mut client = clients[lane % clients.len()].clone();
-                let request = pb::RegisterServiceRequest {
-                    service: Some(pb::Service {
-                        name: key.to_string(),
-                        metadata: [("v".to_string(), value.to_string())].into(),
-                        ..Default::default()
-                    }),
-                    expected_revision: None,
-                };
-                client.register_service(request).await.map(|_| ())
+                client
+                    .register_service(value_service(key, value))
+                    .await
+                    .map(|_| ())
             }
             KvClient::Etcd(clients) => {
                 let mut client = clients[lane % clients.len()].clone();

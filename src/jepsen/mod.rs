@@ -188,98 +188,110 @@ fn channel(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
-/// One client: operations in a closed loop against its node until `stop`.
-#[allow(clippy::too_many_arguments)]
-async fn client_loop(
-    id: usize,
+/// Sets `key` to `value`; `Err` says why the outcome is unknown.
+async fn write_register(
+    client: &mut RegistryClient<Channel>,
+    key: &str,
+    value: u32,
+    timeout: Duration,
+) -> Result<(), String> {
+    let request = crate::bench::kv::value_service(key, &value.to_string());
+    match tokio::time::timeout(timeout, client.register_service(request)).await {
+        Ok(Ok(_)) => Ok(()),
+        // Every failure counts as unknown: an error may come after the command was
+        // proposed, and treating it as "did not happen" could hide a real anomaly.
+        Ok(Err(status)) => Err(status.to_string()),
+        Err(_) => Err("client timeout".to_string()),
+    }
+}
+
+/// Reads `key`: `Ok(None)` when it was never written, `Err` when there was no answer.
+async fn read_register(
+    client: &mut RegistryClient<Channel>,
+    key: &str,
+    consistency: pb::Consistency,
+    timeout: Duration,
+) -> Result<Option<u32>, String> {
+    let request = pb::GetServiceRequest {
+        namespace: String::new(),
+        name: key.to_string(),
+        consistency: consistency as i32,
+    };
+    match tokio::time::timeout(timeout, client.get_service(request)).await {
+        Ok(Ok(response)) => Ok(response
+            .into_inner()
+            .service
+            .and_then(|s| s.metadata.get("v").and_then(|v| v.parse().ok()))),
+        Ok(Err(status)) if status.code() == tonic::Code::NotFound => Ok(None),
+        Ok(Err(status)) => Err(status.to_string()),
+        Err(_) => Err("client timeout".to_string()),
+    }
+}
+
+/// What one client does: where, on which registers, with what timeout.
+#[derive(Clone)]
+struct ClientPlan {
     addr: String,
-    args_keys: usize,
+    keys: usize,
     consistency: pb::Consistency,
     timeout: Duration,
     began: Instant,
     stop: Arc<AtomicBool>,
+    /// Operations left to the whole run.
     budget: Arc<AtomicUsize>,
-) -> anyhow::Result<Vec<Recorded>> {
-    let mut client = RegistryClient::new(channel(&addr, timeout)?);
+}
+
+impl ClientPlan {
+    fn micros(&self, t: Instant) -> u64 {
+        t.duration_since(self.began).as_micros() as u64
+    }
+
+    fn take_one(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+            && self
+                .budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+    }
+}
+
+/// One client: operations in a closed loop against its node until the plan says stop.
+async fn client_loop(id: usize, plan: ClientPlan) -> anyhow::Result<Vec<Recorded>> {
+    let mut client = RegistryClient::new(channel(&plan.addr, plan.timeout)?);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
     let mut history = Vec::new();
     let mut seq = 0u32;
-    let us = |t: Instant| t.duration_since(began).as_micros() as u64;
-    let take_one = || {
-        budget
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
-    };
-    while !stop.load(Ordering::Relaxed) && take_one() {
-        let key = key_name(rng.next() as usize % args_keys);
-        let write = rng.next().is_multiple_of(2);
+    while plan.take_one() {
+        let key = key_name(rng.next() as usize % plan.keys);
         let invoked = Instant::now();
-        if write {
+        let (kind, value, outcome, error) = if rng.next().is_multiple_of(2) {
             seq += 1;
             // Unique across the run: the checker pins each read to the one write it saw.
             let value = (id as u32) * 1_000_000 + seq;
-            let request = pb::RegisterServiceRequest {
-                service: Some(pb::Service {
-                    name: key.clone(),
-                    metadata: [("v".to_string(), value.to_string())].into(),
-                    ..Default::default()
-                }),
-                expected_revision: None,
-            };
-            let answer = tokio::time::timeout(timeout, client.register_service(request)).await;
-            let (outcome, complete, error) = match answer {
-                Ok(Ok(_)) => (Outcome::Ok, Some(us(Instant::now())), None),
-                // Every failure counts as unknown: an error may come after the command was
-                // proposed, and treating it as "did not happen" could hide a real anomaly.
-                Ok(Err(status)) => (Outcome::Unknown, None, Some(status.to_string())),
-                Err(_) => (Outcome::Unknown, None, Some("client timeout".to_string())),
-            };
-            history.push(Recorded {
-                client: id,
-                key,
-                kind: "write",
-                value: Some(value),
-                invoke_us: us(invoked),
-                complete_us: complete,
-                outcome,
-                error,
-            });
-        } else {
-            let request = pb::GetServiceRequest {
-                namespace: String::new(),
-                name: key.clone(),
-                consistency: consistency as i32,
-            };
-            let answer = tokio::time::timeout(timeout, client.get_service(request)).await;
-            let completed = us(Instant::now());
-            let (outcome, value, error) = match answer {
-                Ok(Ok(response)) => {
-                    let value = response
-                        .into_inner()
-                        .service
-                        .and_then(|s| s.metadata.get("v").and_then(|v| v.parse().ok()));
-                    (Outcome::Ok, value, None)
-                }
-                Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
-                    (Outcome::Ok, None, None)
-                }
-                Ok(Err(status)) => (Outcome::Fail, None, Some(status.to_string())),
-                Err(_) => (Outcome::Fail, None, Some("client timeout".to_string())),
-            };
-            history.push(Recorded {
-                client: id,
-                key,
-                kind: "read",
-                value,
-                invoke_us: us(invoked),
-                complete_us: (outcome == Outcome::Ok).then_some(completed),
-                outcome,
-                error,
-            });
-            if outcome == Outcome::Fail {
-                // A node that is down answers at once; do not spin on it.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            match write_register(&mut client, &key, value, plan.timeout).await {
+                Ok(()) => ("write", Some(value), Outcome::Ok, None),
+                Err(e) => ("write", Some(value), Outcome::Unknown, Some(e)),
             }
+        } else {
+            match read_register(&mut client, &key, plan.consistency, plan.timeout).await {
+                Ok(value) => ("read", value, Outcome::Ok, None),
+                Err(e) => ("read", None, Outcome::Fail, Some(e)),
+            }
+        };
+        let completed = Instant::now();
+        history.push(Recorded {
+            client: id,
+            key,
+            kind,
+            value,
+            invoke_us: plan.micros(invoked),
+            complete_us: (outcome == Outcome::Ok).then(|| plan.micros(completed)),
+            outcome,
+            error,
+        });
+        if outcome == Outcome::Fail {
+            // A node that is down answers at once; do not spin on it.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     Ok(history)
@@ -435,18 +447,24 @@ pub async fn run(args: &JepsenArgs) -> anyhow::Result<()> {
     };
     let began = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let budget = Arc::new(AtomicUsize::new(args.max_ops));
+    let plan = ClientPlan {
+        addr: String::new(),
+        keys: args.keys,
+        consistency,
+        timeout,
+        began,
+        stop: stop.clone(),
+        budget: Arc::new(AtomicUsize::new(args.max_ops)),
+    };
     let clients: Vec<_> = (0..args.clients)
         .map(|id| {
+            let addr = cluster.client_addrs[id % cluster.len()].clone();
             tokio::spawn(client_loop(
                 id,
-                cluster.client_addrs[id % cluster.len()].clone(),
-                args.keys,
-                consistency,
-                timeout,
-                began,
-                stop.clone(),
-                budget.clone(),
+                ClientPlan {
+                    addr,
+                    ..plan.clone()
+                },
             ))
         })
         .collect();
@@ -487,21 +505,9 @@ pub async fn run(args: &JepsenArgs) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let invoked = began.elapsed().as_micros() as u64;
-            let request = pb::GetServiceRequest {
-                namespace: String::new(),
-                name: key.clone(),
-                consistency: pb::Consistency::Linearizable as i32,
-            };
-            let answer = tokio::time::timeout(timeout, last.get_service(request)).await;
-            let value = match answer {
-                Ok(Ok(r)) => Some(
-                    r.into_inner()
-                        .service
-                        .and_then(|s| s.metadata.get("v").and_then(|v| v.parse().ok())),
-                ),
-                Ok(Err(status)) if status.code() == tonic::Code::NotFound => Some(None),
-                _ => None,
-            };
+            let value = read_register(&mut last, &key, pb::Consistency::Linearizable, timeout)
+                .await
+                .ok();
             if let Some(value) = value {
                 history.push(Recorded {
                     client: args.clients,
