@@ -154,9 +154,25 @@ pub fn check_register(history: &[Op]) -> Verdict {
         }
     };
 
-    let words = kept.len().div_ceil(64).max(1);
-    let mut linearized = vec![0u64; words];
-    let mut seen: HashSet<(Vec<u64>, Option<u32>)> = HashSet::new();
+    // The set of linearized operations, as a Zobrist hash (the XOR of a random 128-bit key
+    // per operation): O(1) to update and to remember, where a bitset costs O(n) per step.
+    // Two different sets share a hash with probability about 2^-128 per pair.
+    let keys: Vec<u128> = {
+        let mut x = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = move || {
+            // splitmix64
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        (0..kept.len())
+            .map(|_| (u128::from(next()) << 64) | u128::from(next()))
+            .collect()
+    };
+    let mut linearized: u128 = 0;
+    let mut seen: HashSet<(u128, Option<u32>)> = HashSet::new();
     // (op, register value before it)
     let mut stack: Vec<(usize, Option<u32>)> = Vec::new();
     let mut state: Option<u32> = None;
@@ -174,9 +190,8 @@ pub fn check_register(history: &[Op]) -> Verdict {
                 OpKind::Write(v) => (true, Some(v)),
                 OpKind::Read(v) => (v == state, state),
             };
-            let mut bits = linearized.clone();
-            bits[op / 64] |= 1 << (op % 64);
-            if ok && seen.insert((bits.clone(), new_state)) {
+            let bits = linearized ^ keys[op];
+            if ok && seen.insert((bits, new_state)) {
                 stack.push((op, state));
                 state = new_state;
                 linearized = bits;
@@ -202,7 +217,7 @@ pub fn check_register(history: &[Op]) -> Verdict {
             };
         };
         state = before;
-        linearized[op / 64] &= !(1 << (op % 64));
+        linearized ^= keys[op];
         if return_of[op] != NONE {
             relink(&mut next, &mut prev, return_of[op]);
             returns_left += 1;
@@ -327,7 +342,7 @@ mod tests {
         // history that is linearizable by construction, with heavy overlap.
         let mut h = Vec::new();
         let mut last = None;
-        for i in 0..400u64 {
+        for i in 0..20_000u64 {
             let t = i * 10;
             if i % 2 == 0 {
                 h.push(w(t, t + 75, i as u32));

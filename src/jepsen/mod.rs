@@ -60,7 +60,7 @@ pub struct JepsenArgs {
     #[arg(long, default_value_t = 30)]
     pub seconds: u64,
     /// Most operations in all (the run stops at this or --seconds, whichever comes first).
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 200_000)]
     pub max_ops: usize,
     /// Concurrent clients; client i is pinned to node i mod 3.
     #[arg(long, default_value_t = 9)]
@@ -246,12 +246,20 @@ impl ClientPlan {
         t.duration_since(self.began).as_micros() as u64
     }
 
+    /// Whether to run one more operation; the first client to find the budget spent ends
+    /// the run (and with it the nemesis).
     fn take_one(&self) -> bool {
-        !self.stop.load(Ordering::Relaxed)
-            && self
-                .budget
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_ok()
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let taken = self
+            .budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if !taken {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        taken
     }
 }
 
