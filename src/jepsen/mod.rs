@@ -36,6 +36,9 @@ pub enum Fault {
     KillFollower,
     /// SIGKILL every node at once, restart them all.
     CrashAll,
+    /// SIGKILL a follower, delete its data and restart it empty under the same id (it
+    /// rejoins from the leader's snapshot and log).
+    WipeFollower,
     /// Cut the leader off from its peers with iptables (needs root, `ip` and `iptables`).
     Partition,
 }
@@ -359,13 +362,13 @@ async fn nemesis(
             anyhow::bail!("no leader to inject {fault:?} into");
         };
         let target = match fault {
-            Fault::KillFollower => Some((leader + 1) % cluster.len()),
+            Fault::KillFollower | Fault::WipeFollower => Some((leader + 1) % cluster.len()),
             Fault::CrashAll => None,
             _ => Some(leader),
         };
         let started = Instant::now();
         match (fault, target) {
-            (Fault::Kill | Fault::KillFollower, Some(i)) => cluster.kill(i),
+            (Fault::Kill | Fault::KillFollower | Fault::WipeFollower, Some(i)) => cluster.kill(i),
             (Fault::Pause, Some(i)) => cluster.pause(i),
             (Fault::Partition, Some(i)) => cluster.isolate(i)?,
             _ => (0..cluster.len()).for_each(|i| cluster.kill(i)),
@@ -375,6 +378,10 @@ async fn nemesis(
         tokio::time::sleep(window).await;
         match (fault, target) {
             (Fault::Kill | Fault::KillFollower, Some(i)) => cluster.spawn(i, &[])?,
+            (Fault::WipeFollower, Some(i)) => {
+                cluster.wipe(i)?;
+                cluster.spawn(i, &["--initial-cluster-state=existing"])?;
+            }
             (Fault::Pause, Some(i)) => cluster.resume(i),
             (Fault::Partition, Some(i)) => cluster.heal(i)?,
             _ => {
