@@ -320,6 +320,7 @@ pub async fn run_node(
         read_barrier_batch: Default::default(),
         write_batch: Default::default(),
         restored,
+        confirmations: Default::default(),
     };
     let node = NodeHandle {
         consensus: consensus.clone(),

@@ -32,6 +32,10 @@ pub enum ForwardRequest {
     Write(Command),
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex,
+    /// Sent by a leader to a follower: does this node still hold `vote` (so has not voted
+    /// for anyone in a later term)? One follower's yes, with the leader's own, is a majority
+    /// of three for a read index. Answered by any node, never forwarded.
+    ConfirmLeader(openraft::Vote<NodeId>),
     /// Add a non-voting member and wait for it to catch up.
     AddLearner {
         /// New member id.
@@ -67,6 +71,8 @@ pub enum ForwardReply {
     },
     /// Read index.
     ReadIndex(u64),
+    /// The answer to `ConfirmLeader`.
+    LeaderConfirmed(bool),
     /// A membership change was committed at `index`.
     MembershipChanged {
         /// Log index of the membership entry.

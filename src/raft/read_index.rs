@@ -88,6 +88,58 @@ impl ReadIndexBatcher {
     }
 }
 
+/// How long a follower that failed to confirm leadership is left out of the shortcut.
+const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Picks the followers a leader asks to confirm its leadership for a read index: as few as
+/// make a majority with the leader itself (one of the two followers of a three-node
+/// cluster), where openraft's own round asks every follower and waits for the same majority.
+/// The pick rotates so the work is shared, and skips followers that recently failed.
+#[derive(Debug, Default)]
+pub struct ConfirmationPicker {
+    turn: usize,
+    /// Followers that failed to confirm, until when they are left out.
+    suspects: Vec<(super::NodeId, std::time::Instant)>,
+}
+
+impl ConfirmationPicker {
+    /// The followers to ask, or `None` when too few healthy followers are left (the caller
+    /// then uses openraft's round). `voters` is a single (not joint) configuration.
+    pub fn pick(
+        &mut self,
+        voters: &[super::NodeId],
+        leader: super::NodeId,
+        now: std::time::Instant,
+    ) -> Option<Vec<super::NodeId>> {
+        if !voters.contains(&leader) {
+            return None;
+        }
+        let needed = voters.len() / 2;
+        self.suspects.retain(|(_, until)| *until > now);
+        let healthy: Vec<super::NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|v| *v != leader && !self.suspects.iter().any(|(s, _)| s == v))
+            .collect();
+        if healthy.len() < needed {
+            return None;
+        }
+        self.turn = self.turn.wrapping_add(1);
+        Some(
+            (0..needed)
+                .map(|k| healthy[(self.turn + k) % healthy.len()])
+                .collect(),
+        )
+    }
+
+    /// Leaves `follower` out for a while: it did not confirm (down, slow, or following
+    /// another leader).
+    pub fn suspect(&mut self, follower: super::NodeId, now: std::time::Instant) {
+        self.suspects.retain(|(s, _)| *s != follower);
+        self.suspects.push((follower, now + SUSPECT_FOR));
+    }
+}
+
 /// Leadership this node held when it stopped, which openraft restores at start-up.
 ///
 /// A leader restarted "without losing leadership" (say every node crashed and came back
@@ -164,6 +216,53 @@ mod tests {
             "a candidate's vote for itself is not leadership"
         );
         assert_eq!(RestoredLeadership::detect(1, None, None), None);
+    }
+
+    #[test]
+    fn the_pick_completes_a_majority_with_the_leader_and_rotates() {
+        let mut picker = ConfirmationPicker::default();
+        let now = std::time::Instant::now();
+        let first = picker.pick(&[1, 2, 3], 1, now).unwrap();
+        let second = picker.pick(&[1, 2, 3], 1, now).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(second.len(), 1);
+        assert_ne!(first, second, "the two followers take turns");
+        assert!(!first.contains(&1) && !second.contains(&1));
+        let five = picker.pick(&[1, 2, 3, 4, 5], 3, now).unwrap();
+        assert_eq!(
+            five.len(),
+            2,
+            "two followers and the leader make three of five"
+        );
+        assert!(!five.contains(&3));
+        assert_eq!(
+            picker.pick(&[1], 1, now),
+            Some(vec![]),
+            "a lone voter is a majority"
+        );
+        assert_eq!(
+            picker.pick(&[2, 3], 1, now),
+            None,
+            "a leader that is not a voter"
+        );
+    }
+
+    #[test]
+    fn a_suspect_follower_is_skipped_until_its_time_is_up() {
+        let mut picker = ConfirmationPicker::default();
+        let now = std::time::Instant::now();
+        picker.suspect(2, now);
+        for _ in 0..4 {
+            assert_eq!(picker.pick(&[1, 2, 3], 1, now), Some(vec![3]));
+        }
+        picker.suspect(3, now);
+        assert_eq!(
+            picker.pick(&[1, 2, 3], 1, now),
+            None,
+            "no healthy follower left"
+        );
+        let later = now + SUSPECT_FOR + std::time::Duration::from_millis(1);
+        assert!(picker.pick(&[1, 2, 3], 1, later).is_some());
     }
 
     #[test]
