@@ -1,7 +1,7 @@
 //! The linearizability check CI runs on every submission: `bowline jepsen` with clients
 //! reading and writing registers on a three-node cluster of real processes while every
 //! node crashes at once, the leader is SIGKILLed, paused and cut off (iptables in network
-//! namespaces, needs root). Every register's history must be linearizable; and with stale
+//! namespaces, needs root), and a follower is wiped and rejoins. Every register's history must be linearizable; and with stale
 //! reads, the same run must be caught out, so the check is known to have teeth.
 
 mod common;
@@ -37,14 +37,14 @@ fn jepsen(args: &[&str]) -> (bool, serde_json::Value) {
 }
 
 #[test]
-fn register_histories_stay_linearizable_through_crashes_kills_pauses_and_partitions() {
+fn register_histories_stay_linearizable_through_crashes_kills_pauses_partitions_and_wipes() {
     let (ok, r) = jepsen(&[
         "--nemesis",
-        "crash-all,kill,pause,partition",
+        "crash-all,kill,pause,partition,wipe-follower",
         "--fault-ms",
         "1500",
         "--seconds",
-        "13",
+        "16",
     ]);
     assert!(ok, "bowline jepsen failed: {r:#}");
     assert_eq!(r["linearizable"], true, "{r:#}");
@@ -58,7 +58,7 @@ fn register_histories_stay_linearizable_through_crashes_kills_pauses_and_partiti
         .collect();
     assert_eq!(
         faults,
-        ["crash-all", "kill", "pause", "partition"],
+        ["crash-all", "kill", "pause", "partition", "wipe-follower"],
         "every fault must have been injected once: {r:#}"
     );
 }
