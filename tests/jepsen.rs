@@ -65,7 +65,14 @@ fn register_histories_stay_linearizable_through_crashes_kills_pauses_partitions_
 
 #[test]
 fn stale_reads_are_caught_as_not_linearizable() {
-    let (ok, r) = jepsen(&["--reads", "stale", "--nemesis", "pause", "--seconds", "5"]);
+    let (ok, r) = jepsen(&[
+        "--consistency",
+        "stale",
+        "--nemesis",
+        "pause",
+        "--seconds",
+        "5",
+    ]);
     assert!(!ok, "stale reads passed the check: {r:#}");
     assert_eq!(r["linearizable"], false, "{r:#}");
     assert!(

@@ -3,7 +3,7 @@
 mod cluster;
 mod dev;
 mod endpoint;
-mod output;
+pub mod output;
 mod proxy;
 mod resources;
 mod serve;
@@ -171,7 +171,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Jepsen(ref args) => {
             init_logging(cli.log_format, "warn");
-            crate::jepsen::run(args).await
+            let consistency = match cli.consistency {
+                ConsistencyArg::Linearizable => crate::proto::v1::Consistency::Linearizable,
+                ConsistencyArg::Stale => crate::proto::v1::Consistency::Stale,
+            };
+            crate::jepsen::run(args, consistency, cli.output).await
         }
         Command::Echo(ref args) => tools::echo(args).await,
     }

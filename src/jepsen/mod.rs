@@ -43,16 +43,6 @@ pub enum Fault {
     Partition,
 }
 
-/// Read consistency the clients ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReadConsistency {
-    /// Linearizable reads (the default, and what the test expects to hold).
-    Linearizable,
-    /// Stale reads: expected to fail the check; shows the checker catches stale reads.
-    Stale,
-}
-
 /// Flags of `bowline jepsen`.
 #[derive(Debug, Args)]
 pub struct JepsenArgs {
@@ -77,9 +67,6 @@ pub struct JepsenArgs {
     /// Client timeout per operation, in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub timeout_ms: u64,
-    /// Read consistency to test.
-    #[arg(long, value_enum, default_value = "linearizable")]
-    pub reads: ReadConsistency,
     /// Write every operation as a JSON line to this file.
     #[arg(long)]
     pub history: Option<std::path::PathBuf>,
@@ -150,8 +137,8 @@ pub struct KeyResult {
 /// The result of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct JepsenResult {
-    /// Read consistency tested.
-    pub reads: ReadConsistency,
+    /// Read consistency tested (`--consistency`); stale is expected to fail the check.
+    pub reads: &'static str,
     /// Acknowledged writes.
     pub writes_ok: usize,
     /// Writes with unknown outcome.
@@ -440,8 +427,14 @@ fn check(history: &[Recorded], keys: usize) -> Vec<KeyResult> {
         .collect()
 }
 
-/// Runs `bowline jepsen`; fails when a history is not linearizable or nothing was checked.
-pub async fn run(args: &JepsenArgs) -> anyhow::Result<()> {
+/// Runs `bowline jepsen` with reads at `consistency` (the global `--consistency`; stale is
+/// expected to fail), printing the result as `output` asks; fails when a history is not
+/// linearizable or nothing was checked.
+pub async fn run(
+    args: &JepsenArgs,
+    consistency: pb::Consistency,
+    output: crate::cli::output::OutputFormat,
+) -> anyhow::Result<()> {
     if args.keys == 0 || args.clients == 0 {
         anyhow::bail!("--keys and --clients must be at least 1");
     }
@@ -456,10 +449,6 @@ pub async fn run(args: &JepsenArgs) -> anyhow::Result<()> {
         LocalCluster::start(3, &[]).await?
     };
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
-    let consistency = match args.reads {
-        ReadConsistency::Linearizable => pb::Consistency::Linearizable,
-        ReadConsistency::Stale => pb::Consistency::Stale,
-    };
     let began = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let plan = ClientPlan {
@@ -560,7 +549,11 @@ pub async fn run(args: &JepsenArgs) -> anyhow::Result<()> {
     };
     let keys = check(&history, args.keys);
     let result = JepsenResult {
-        reads: args.reads,
+        reads: if consistency == pb::Consistency::Stale {
+            "stale"
+        } else {
+            "linearizable"
+        },
         writes_ok: count("write", Outcome::Ok),
         writes_unknown: count("write", Outcome::Unknown),
         reads_ok: count("read", Outcome::Ok),
@@ -569,7 +562,12 @@ pub async fn run(args: &JepsenArgs) -> anyhow::Result<()> {
         faults,
         keys,
     };
-    print_result(&result);
+    match output {
+        crate::cli::output::OutputFormat::Table => print_result(&result),
+        format => {
+            crate::cli::output::print_documents(format, &[serde_json::to_value(&result)?], true)?
+        }
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
     }
