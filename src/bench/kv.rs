@@ -82,6 +82,25 @@ pub fn value_service(key: &str, value: &str) -> pb::RegisterServiceRequest {
     }
 }
 
+/// The index (into `addrs`, Bowline client addresses) of the node that leads right now, if
+/// one does and answers: each node is asked who leads and which node it is.
+pub async fn bowline_leader_now(addrs: &[String]) -> Option<usize> {
+    for (i, addr) in addrs.iter().enumerate() {
+        let Ok(channel) = etcd::channel(addr) else {
+            continue;
+        };
+        let mut client = ClusterClient::new(channel);
+        let call = client.status(pb::StatusRequest {});
+        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(300), call).await {
+            let status = status.into_inner();
+            if status.leader_id != 0 && status.leader_id == status.node_id {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
 /// A client of one node of either system, spreading requests over a few connections.
 #[derive(Clone)]
 pub enum KvClient {
@@ -256,25 +275,7 @@ impl Target {
                 Some(cluster) => cluster.leader().await,
                 None => self.etcd_leader_by_status().await,
             },
-            System::Bowline => {
-                // Ask each node who leads and which node it is; the leader answers for itself.
-                for (i, addr) in self.addrs.iter().enumerate() {
-                    let Ok(channel) = etcd::channel(addr) else {
-                        continue;
-                    };
-                    let mut client = ClusterClient::new(channel);
-                    let call = client.status(pb::StatusRequest {});
-                    if let Ok(Ok(status)) =
-                        tokio::time::timeout(Duration::from_millis(300), call).await
-                    {
-                        let status = status.into_inner();
-                        if status.leader_id != 0 && status.leader_id == status.node_id {
-                            return Some(i);
-                        }
-                    }
-                }
-                None
-            }
+            System::Bowline => bowline_leader_now(&self.addrs).await,
         }
     }
 

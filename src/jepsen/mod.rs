@@ -87,6 +87,16 @@ pub enum Outcome {
     Unknown,
 }
 
+/// What an operation was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Set the register.
+    Write,
+    /// Read the register.
+    Read,
+}
+
 /// One recorded operation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recorded {
@@ -94,8 +104,8 @@ pub struct Recorded {
     pub client: usize,
     /// Register (service name).
     pub key: String,
-    /// "write" or "read".
-    pub kind: &'static str,
+    /// Write or read.
+    pub kind: Kind,
     /// Value written, or read (`None`: the register was unset).
     pub value: Option<u32>,
     /// Microseconds since the run began, at invocation.
@@ -267,13 +277,13 @@ async fn client_loop(id: usize, plan: ClientPlan) -> anyhow::Result<Vec<Recorded
             // Unique across the run: the checker pins each read to the one write it saw.
             let value = (id as u32) * 1_000_000 + seq;
             match write_register(&mut client, &key, value, plan.timeout).await {
-                Ok(()) => ("write", Some(value), Outcome::Ok, None),
-                Err(e) => ("write", Some(value), Outcome::Unknown, Some(e)),
+                Ok(()) => (Kind::Write, Some(value), Outcome::Ok, None),
+                Err(e) => (Kind::Write, Some(value), Outcome::Unknown, Some(e)),
             }
         } else {
             match read_register(&mut client, &key, plan.consistency, plan.timeout).await {
-                Ok(value) => ("read", value, Outcome::Ok, None),
-                Err(e) => ("read", None, Outcome::Fail, Some(e)),
+                Ok(value) => (Kind::Read, value, Outcome::Ok, None),
+                Err(e) => (Kind::Read, None, Outcome::Fail, Some(e)),
             }
         };
         let completed = Instant::now();
@@ -295,28 +305,10 @@ async fn client_loop(id: usize, plan: ClientPlan) -> anyhow::Result<Vec<Recorded
     Ok(history)
 }
 
-/// The index of the node that leads now, asking each node.
-async fn leader_index(cluster: &LocalCluster) -> Option<usize> {
-    for (i, addr) in cluster.client_addrs.iter().enumerate() {
-        let Ok(channel) = channel(addr, Duration::from_millis(300)) else {
-            continue;
-        };
-        let mut client = crate::proto::v1::cluster_client::ClusterClient::new(channel);
-        let call = client.status(pb::StatusRequest {});
-        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(300), call).await {
-            let status = status.into_inner();
-            if status.leader_id != 0 && status.leader_id == status.node_id {
-                return Some(i);
-            }
-        }
-    }
-    None
-}
-
 async fn wait_leader(cluster: &LocalCluster) -> Option<usize> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Some(i) = leader_index(cluster).await {
+        if let Some(i) = crate::bench::kv::bowline_leader_now(&cluster.client_addrs).await {
             return Some(i);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -406,10 +398,9 @@ fn check(history: &[Recorded], keys: usize) -> Vec<KeyResult> {
                 .map(|r| Op {
                     invoke: r.invoke_us,
                     complete: r.complete_us,
-                    kind: if r.kind == "write" {
-                        OpKind::Write(r.value.unwrap_or_default())
-                    } else {
-                        OpKind::Read(r.value)
+                    kind: match r.kind {
+                        Kind::Write => OpKind::Write(r.value.unwrap_or_default()),
+                        Kind::Read => OpKind::Read(r.value),
                     },
                 })
                 .collect();
@@ -508,7 +499,7 @@ pub async fn run(
         let key = key_name(k);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let invoked = began.elapsed().as_micros() as u64;
+            let invoked = Instant::now();
             let value = read_register(&mut last, &key, pb::Consistency::Linearizable, timeout)
                 .await
                 .ok();
@@ -516,10 +507,10 @@ pub async fn run(
                 history.push(Recorded {
                     client: args.clients,
                     key: key.clone(),
-                    kind: "read",
+                    kind: Kind::Read,
                     value,
-                    invoke_us: invoked,
-                    complete_us: Some(began.elapsed().as_micros() as u64),
+                    invoke_us: plan.micros(invoked),
+                    complete_us: Some(plan.micros(Instant::now())),
                     outcome: Outcome::Ok,
                     error: None,
                 });
@@ -541,7 +532,7 @@ pub async fn run(
         }
         std::fs::write(path, out)?;
     }
-    let count = |kind: &str, outcome: Outcome| {
+    let count = |kind: Kind, outcome: Outcome| {
         history
             .iter()
             .filter(|r| r.kind == kind && r.outcome == outcome)
@@ -554,10 +545,10 @@ pub async fn run(
         } else {
             "linearizable"
         },
-        writes_ok: count("write", Outcome::Ok),
-        writes_unknown: count("write", Outcome::Unknown),
-        reads_ok: count("read", Outcome::Ok),
-        reads_failed: count("read", Outcome::Fail),
+        writes_ok: count(Kind::Write, Outcome::Ok),
+        writes_unknown: count(Kind::Write, Outcome::Unknown),
+        reads_ok: count(Kind::Read, Outcome::Ok),
+        reads_failed: count(Kind::Read, Outcome::Fail),
         linearizable: keys.iter().all(|k| k.linearizable),
         faults,
         keys,
@@ -615,7 +606,7 @@ fn print_result(r: &JepsenResult) {
         );
         if let Some(c) = &k.culprit {
             println!(
-                "  look from: client {} {} {:?} invoked at {} µs, answered at {:?} µs",
+                "  look from: client {} {:?} {:?} invoked at {} µs, answered at {:?} µs",
                 c.client, c.kind, c.value, c.invoke_us, c.complete_us
             );
         }
