@@ -215,11 +215,14 @@ async fn envoy_follows_weighted_splits_endpoint_changes_and_policies() {
         .store(503, std::sync::atomic::Ordering::Relaxed);
     let before = v1.hits.load(std::sync::atomic::Ordering::Relaxed);
     let counts = envoys[0].distribution("web", 50);
-    assert_eq!(
-        counts.get("v1b").copied().unwrap_or(0),
-        50,
-        "a failed attempt was not retried: {counts:?}"
-    );
+    // Every request must be answered by a healthy backend. v2 keeps a weight of 1 in 1,001
+    // (a split needs it), so about one run in twenty sends a request there: that is an
+    // answer too, not a failure.
+    let healthy = ["v1b", "v2b"]
+        .iter()
+        .map(|b| counts.get(*b).copied().unwrap_or(0))
+        .sum::<usize>();
+    assert_eq!(healthy, 50, "a failed attempt was not retried: {counts:?}");
     assert!(
         v1.hits.load(std::sync::atomic::Ordering::Relaxed) > before,
         "the failing replica was never tried"
