@@ -27,7 +27,8 @@ use crate::raft::consensus::Consensus;
 use crate::raft::log_store::FileLogStore;
 use crate::raft::network::{PeerClients, PeerNetworkFactory, MAX_PEER_MESSAGE_BYTES};
 use crate::raft::peer_server::PeerService;
-use crate::raft::read_index::RestoredLeadership;
+use crate::raft::proposal_batch::ProposalBatcher;
+use crate::raft::read_index::{ReadIndexBatcher, RestoredLeadership};
 use crate::raft::runtime::RaftRuntime;
 use crate::raft::state_machine::{AppliedState, StateMachineStore};
 use crate::raft::{NodeAddr, NodeId, Raft};
@@ -317,10 +318,13 @@ pub async fn run_node(
         request_timeout: config.request_timeout,
         heartbeats: Arc::new(crate::health::HeartbeatTable::default()),
         read_batch: Default::default(),
-        read_barrier_batch: Default::default(),
-        write_batch: Default::default(),
+        read_barrier_batch: ReadIndexBatcher::with_batch_sizes(
+            metrics.read_index_batch_reads.clone(),
+        ),
+        write_batch: ProposalBatcher::with_batch_sizes(metrics.raft_proposal_commands.clone()),
         restored,
         confirmations: Default::default(),
+        metrics: metrics.clone(),
     };
     let node = NodeHandle {
         consensus: consensus.clone(),

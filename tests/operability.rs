@@ -2,6 +2,7 @@
 
 mod common;
 
+use bowline::proto::v1 as pb;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -46,6 +47,53 @@ async fn admin_port_serves_metrics_health_and_readiness() {
         "no RegisterService request counted"
     );
     assert!(all.contains("bowline_api_request_duration_seconds_bucket"));
+}
+
+/// The value of the first sample of `name` (with any labels) in a `/metrics` page.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_batches_and_read_index_sharing_are_exported() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let leader = cluster.index_of(leader);
+    let follower = (leader + 1) % cluster.nodes.len();
+    let proposed = |cluster: &Cluster| -> f64 {
+        cluster
+            .nodes
+            .iter()
+            .filter_map(|n| http_get(&n.admin_addr, "/metrics"))
+            .filter_map(|(_, m)| sample(&m, "bowline_raft_proposal_commands_sum"))
+            .sum()
+    };
+    let before = proposed(&cluster);
+    for name in ["a", "b", "c"] {
+        register_service(&cluster.client(), name).await.unwrap();
+    }
+    assert!(
+        proposed(&cluster) >= before + 3.0,
+        "three writes were not counted in bowline_raft_proposal_commands"
+    );
+    for i in [leader, follower] {
+        let client = cluster.client_for(i);
+        let read = get_service(&client, "a", pb::Consistency::Linearizable).await;
+        assert!(read.unwrap().is_some());
+        let (_, metrics) = http_get(&cluster.nodes[i].admin_addr, "/metrics").unwrap();
+        let reads = sample(&metrics, "bowline_read_index_batch_reads_sum").unwrap_or(0.0);
+        assert!(
+            reads >= 1.0,
+            "node {i} counted no linearizable read: {reads}"
+        );
+    }
+    let (_, metrics) = http_get(&cluster.nodes[leader].admin_addr, "/metrics").unwrap();
+    let confirmations = sample(&metrics, "bowline_read_index_confirmations_total").unwrap_or(0.0);
+    assert!(confirmations >= 1.0, "the leader counted no confirmation");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -55,6 +55,8 @@ pub struct Consensus {
     pub restored: Option<RestoredLeadership>,
     /// Which followers confirm this leader's read indexes.
     pub confirmations: std::sync::Arc<std::sync::Mutex<ConfirmationPicker>>,
+    /// Counts confirmations by who gave them.
+    pub metrics: crate::telemetry::Metrics,
 }
 
 fn not_leader<E>(
@@ -82,10 +84,22 @@ impl Consensus {
                 .get_term()
         };
         let term_before = term();
+        let via = |path: &str| {
+            self.metrics
+                .read_index_confirmations
+                .with_label_values(&[path])
+                .inc()
+        };
         let index = match self.confirm_with_fewest_followers().await {
-            Some(index) => index,
+            Some(index) => {
+                via("follower");
+                index
+            }
             None => match self.raft.get_read_log_id().await {
-                Ok((read_log_id, _)) => read_log_id.map_or(0, |l| l.index),
+                Ok((read_log_id, _)) => {
+                    via("raft");
+                    read_log_id.map_or(0, |l| l.index)
+                }
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                     return not_leader(f)
                 }

@@ -60,6 +60,8 @@ impl Queue {
 pub struct ProposalBatcher {
     queue: Arc<Mutex<Queue>>,
     in_flight: Arc<Semaphore>,
+    /// Where each batch's size is recorded, if anywhere.
+    batch_sizes: Option<prometheus::Histogram>,
 }
 
 impl Default for ProposalBatcher {
@@ -67,11 +69,20 @@ impl Default for ProposalBatcher {
         Self {
             queue: Arc::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            batch_sizes: None,
         }
     }
 }
 
 impl ProposalBatcher {
+    /// A batcher that records the number of commands of each batch in `batch_sizes`.
+    pub fn with_batch_sizes(batch_sizes: prometheus::Histogram) -> Self {
+        Self {
+            batch_sizes: Some(batch_sizes),
+            ..Self::default()
+        }
+    }
+
     /// Queues `command` (of `encoded_len` bytes) and waits for its outcome. `propose` proposes
     /// one batch and returns a result per command, in order; it is called by a driver task
     /// that whichever caller finds none running starts, until no write is waiting.
@@ -97,6 +108,7 @@ impl ProposalBatcher {
             let queue = self.queue.clone();
             let in_flight = self.in_flight.clone();
             let propose = Arc::new(propose);
+            let batch_sizes = self.batch_sizes.clone();
             tokio::spawn(async move {
                 loop {
                     // The semaphore is never closed.
@@ -111,6 +123,9 @@ impl ProposalBatcher {
                         }
                         queue.take_batch()
                     };
+                    if let Some(sizes) = &batch_sizes {
+                        sizes.observe(batch.len() as f64);
+                    }
                     let propose = propose.clone();
                     tokio::spawn(async move {
                         let (commands, waiters): (Vec<Command>, Vec<Waiter>) =
@@ -192,7 +207,9 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_writes_share_batches_and_respect_the_limits() {
-        let batcher = ProposalBatcher::default();
+        let sizes = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("s", "s"))
+            .expect("histogram");
+        let batcher = ProposalBatcher::with_batch_sizes(sizes.clone());
         let proposals = Arc::new(AtomicUsize::new(0));
         let largest = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
@@ -222,6 +239,12 @@ mod tests {
         }
         let proposals = proposals.load(Ordering::SeqCst);
         assert!(proposals < 2_000, "{proposals} proposals for 2,000 writes");
+        assert_eq!(
+            sizes.get_sample_count(),
+            proposals as u64,
+            "one size per batch"
+        );
+        assert_eq!(sizes.get_sample_sum(), 2_000.0, "every write counted once");
         assert!(largest.load(Ordering::SeqCst) <= MAX_BATCH_COMMANDS);
     }
 

@@ -33,9 +33,19 @@ struct Queue {
 #[derive(Clone, Default)]
 pub struct ReadIndexBatcher {
     queue: Arc<Mutex<Queue>>,
+    /// Where the number of reads sharing each confirmation is recorded, if anywhere.
+    batch_sizes: Option<prometheus::Histogram>,
 }
 
 impl ReadIndexBatcher {
+    /// A batcher that records how many reads share each confirmation in `batch_sizes`.
+    pub fn with_batch_sizes(batch_sizes: prometheus::Histogram) -> Self {
+        Self {
+            queue: Arc::default(),
+            batch_sizes: Some(batch_sizes),
+        }
+    }
+
     /// Returns a read index confirmed after this call began. `confirm` performs one
     /// confirmation; it is called by whichever caller finds no driver running, on a task of
     /// its own, until no read is waiting.
@@ -52,6 +62,7 @@ impl ReadIndexBatcher {
         };
         if start_driver {
             let queue = self.queue.clone();
+            let batch_sizes = self.batch_sizes.clone();
             tokio::spawn(async move {
                 loop {
                     let batch = {
@@ -62,6 +73,9 @@ impl ReadIndexBatcher {
                         }
                         std::mem::take(&mut queue.waiting)
                     };
+                    if let Some(sizes) = &batch_sizes {
+                        sizes.observe(batch.len() as f64);
+                    }
                     // Everyone in `batch` arrived before this confirmation starts.
                     let confirmation = confirm();
                     let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -285,7 +299,9 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_reads_share_confirmations_and_each_gets_one_that_began_after_it() {
-        let batcher = ReadIndexBatcher::default();
+        let sizes = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("s", "s"))
+            .expect("histogram");
+        let batcher = ReadIndexBatcher::with_batch_sizes(sizes.clone());
         let confirmations = Arc::new(AtomicU64::new(0));
         let confirm = {
             let confirmations = confirmations.clone();
@@ -318,6 +334,8 @@ mod tests {
         }
         let used = confirmations.load(Ordering::SeqCst);
         assert!(used <= 3, "50 concurrent reads took {used} confirmations");
+        assert_eq!(sizes.get_sample_count(), used, "one size per confirmation");
+        assert_eq!(sizes.get_sample_sum(), 50.0, "every read counted once");
     }
 
     #[tokio::test(start_paused = true)]

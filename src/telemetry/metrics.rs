@@ -80,6 +80,18 @@ pub struct Metrics {
     pub xds_ack_latency: prometheus::Histogram,
     /// Snapshots that failed translation or the consistency check.
     pub xds_build_errors: IntCounter,
+    /// Client writes packed into each Raft entry this node proposed as leader.
+    pub raft_proposal_commands: prometheus::Histogram,
+    /// Linearizable reads on this node that shared one read-index request.
+    pub read_index_batch_reads: prometheus::Histogram,
+    /// Leadership confirmations for read indexes on this leader, by who confirmed: one
+    /// follower (`follower`) or openraft's round to every follower (`raft`).
+    pub read_index_confirmations: IntCounterVec,
+}
+
+/// Buckets for batch sizes (1 to 512, the most commands one entry takes).
+fn batch_buckets() -> Vec<f64> {
+    vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -198,6 +210,29 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ],
         );
+        let raft_proposal_commands = histogram(
+            &registry,
+            "raft_proposal_commands",
+            "Client writes packed into each Raft entry this node proposed as leader",
+            batch_buckets(),
+        );
+        let read_index_batch_reads = histogram(
+            &registry,
+            "read_index_batch_reads",
+            "Linearizable reads on this node that shared one read-index request",
+            batch_buckets(),
+        );
+        let read_index_confirmations = IntCounterVec::new(
+            Opts::new(
+                "read_index_confirmations_total",
+                "Leadership confirmations for read indexes on this leader, by who confirmed",
+            ),
+            &["via"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(read_index_confirmations.clone()))
+            .expect("unique metric");
         let health_transitions = IntCounterVec::new(
             Opts::new(
                 "health_transitions_total",
@@ -263,6 +298,9 @@ impl Metrics {
             health_probe_duration,
             health_schedule_lag,
             watch_send_lag,
+            raft_proposal_commands,
+            read_index_batch_reads,
+            read_index_confirmations,
             health_transitions,
             health_prober_active: gauge(
                 &registry,
