@@ -53,6 +53,10 @@ pub enum ClusterState {
 /// reads for replication, which hit recent entries.
 const SLED_CACHE_BYTES: u64 = 128 << 20;
 
+/// How long a stopping leader tries to hand leadership to a follower (normally a few
+/// milliseconds: a catch-up, one vote round and a heartbeat).
+const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Raft timing and log compaction.
 #[derive(Debug, Clone)]
 pub struct RaftTuning {
@@ -325,6 +329,8 @@ pub async fn run_node(
         restored,
         confirmations: Default::default(),
         metrics: metrics.clone(),
+        handing_off: Default::default(),
+        stopping: Default::default(),
     };
     let node = NodeHandle {
         consensus: consensus.clone(),
@@ -340,6 +346,9 @@ pub async fn run_node(
 
     // One signal fans out to every server.
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The peer port stops last, after Raft: until then the others must still reach this
+    // node (new connections included) to vote for a successor and forward requests to it.
+    let (peer_stop_tx, peer_stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -364,10 +373,7 @@ pub async fn run_node(
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            accepted_without_nagle(peer_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(accepted_without_nagle(peer_listener), stopped(peer_stop_rx));
 
     let ads = crate::xds::ads::AdsServer {
         cache: crate::xds::cache::SnapshotCache::new(applied.clone(), metrics.clone()),
@@ -460,14 +466,26 @@ pub async fn run_node(
     applied.hub().shutdown();
     // The prober stops before Raft does, so no probe result is proposed during shutdown.
     let _ = tokio::time::timeout(Duration::from_secs(5), health_task).await;
-    // Client requests drain first; the peer port stays up meanwhile so in-flight writes can
-    // still commit.
+    // A leader hands off first, while client requests drain in the background: writes that
+    // reach it meanwhile are refused as not-leader, which every caller retries with the
+    // successor. This node must not win the election it starts for its successor.
+    raft.runtime_config().elect(false);
+    match consensus.hand_off_leadership(HAND_OFF_TIMEOUT).await {
+        Some(to) => tracing::info!(to, "handed leadership to node {to}"),
+        None if consensus.leader().map(|(l, _)| l) == Some(config.id) => {
+            tracing::warn!("could not hand leadership off; the others will elect after a timeout")
+        }
+        None => {}
+    }
+    // Client requests drain; the peer port stays up meanwhile so in-flight writes can still
+    // be forwarded and commit.
     let drain = Duration::from_secs(5);
     let _ = tokio::time::timeout(drain, client_task).await;
     let _ = tokio::time::timeout(drain, admin_task).await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
+    let _ = peer_stop_tx.send(true);
     let _ = tokio::time::timeout(drain, peer_task).await;
     metrics_task.abort();
     compaction_task.abort();

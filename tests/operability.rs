@@ -118,6 +118,39 @@ async fn a_node_without_quorum_is_alive_but_not_ready() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_on_the_leader_hands_leadership_to_a_follower_before_it_exits() {
+    let mut cluster = Cluster::start(3).await;
+    let old = cluster.wait_for_leader().await;
+    let old_index = cluster.index_of(old);
+    let old_term = cluster.status(old_index).await.unwrap().term;
+    register_service(&cluster.client(), "before").await.unwrap();
+
+    let status = cluster.terminate(old_index);
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    let log = std::fs::read_to_string(&cluster.nodes[old_index].log_file).unwrap();
+    let successor: u64 = log
+        .lines()
+        .find_map(|l| l.split("handed leadership to node ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no hand-off in the old leader's log:\n{log}"));
+    assert_ne!(successor, old);
+
+    // The old leader exits only once the successor leads: asked at once, with no wait for
+    // an election, the successor already says so. (A leader elected less than a lease ago
+    // refuses the successor's first round, so the term may be more than one higher.)
+    let status = cluster.status(cluster.index_of(successor)).await.unwrap();
+    assert_eq!(
+        status.leader_id, successor,
+        "the successor does not lead yet"
+    );
+    assert!(status.term > old_term);
+    register_service(&cluster.client(), "after").await.unwrap();
+    let names = service_names(&cluster.client()).await;
+    assert!(names.contains(&"before".to_string()) && names.contains(&"after".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data() {
     let mut cluster = Cluster::start(3).await;
     let client = cluster.client();

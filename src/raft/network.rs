@@ -56,6 +56,12 @@ pub enum ForwardRequest {
         /// Endpoint id.
         id: String,
     },
+    /// Sent by a leader about to stop to its most up-to-date follower: campaign now.
+    /// Answered by the node it is sent to, only while `leader` is the leader it follows.
+    Campaign {
+        /// The sender, which must be the receiver's leader.
+        leader: NodeId,
+    },
 }
 
 /// The leader's answer to a forwarded request.
@@ -83,6 +89,8 @@ pub enum ForwardReply {
         /// The endpoint's TTL in milliseconds.
         ttl_ms: u64,
     },
+    /// The answer to `Campaign`: whether this node started an election.
+    Campaigning(bool),
 }
 
 /// Why a forwarded request failed. Also the typed error of [`Consensus`](super::consensus).

@@ -1,6 +1,7 @@
 //! The peer network, server side: the tonic service on the peer port. It decodes, calls
 //! openraft (or [`Consensus::execute_local`] for forwarded work) and encodes the result.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::raft::{AppendEntriesResponse, VoteRequest};
@@ -63,7 +64,9 @@ impl RaftPeer for PeerService {
                 self.leader_contact.silent_for(),
                 self.campaign_quiet,
             );
-            if elections > 0 {
+            // A stopping node never campaigns: it would take back the leadership it is
+            // handing off.
+            if elections > 0 && !self.consensus.stopping.load(Ordering::Relaxed) {
                 tracing::info!(
                     candidate = ?rpc.vote.leader_id().voted_for(),
                     elections,

@@ -83,6 +83,14 @@ impl ProposalBatcher {
         }
     }
 
+    /// Whether no write is queued or being proposed.
+    pub fn is_idle(&self) -> bool {
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.waiting.is_empty()
+            && !queue.driving
+            && self.in_flight.available_permits() == MAX_IN_FLIGHT
+    }
+
     /// Queues `command` (of `encoded_len` bytes) and waits for its outcome. `propose` proposes
     /// one batch and returns a result per command, in order; it is called by a driver task
     /// that whichever caller finds none running starts, until no write is waiting.
@@ -246,6 +254,52 @@ mod tests {
         );
         assert_eq!(sizes.get_sample_sum(), 2_000.0, "every write counted once");
         assert!(largest.load(Ordering::SeqCst) <= MAX_BATCH_COMMANDS);
+    }
+
+    #[tokio::test]
+    async fn the_batcher_is_idle_only_when_no_write_is_queued_or_proposed() {
+        let batcher = ProposalBatcher::default();
+        assert!(batcher.is_idle());
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let write = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move {
+                batcher
+                    .write(command(1), 10, move |commands: Vec<Command>| {
+                        let released = released.clone();
+                        async move {
+                            if let Some(rx) = released.lock().await.take() {
+                                let _ = rx.await;
+                            }
+                            Ok(commands
+                                .iter()
+                                .map(|_| (1, Ok(crate::command::Applied::Nothing)))
+                                .collect())
+                        }
+                    })
+                    .await
+            })
+        };
+        let busy = async {
+            while batcher.is_idle() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), busy)
+            .await
+            .expect("a queued write makes the batcher busy");
+        let _ = release.send(());
+        assert!(write.await.expect("task").is_ok());
+        // The driver and the proposal release their hold right after answering.
+        let idle = async {
+            while !batcher.is_idle() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), idle)
+            .await
+            .expect("the batcher becomes idle again");
     }
 
     #[tokio::test]
