@@ -164,7 +164,11 @@ impl LocalCluster {
         let child = command
             .args(&self.args[i])
             .args(more)
-            .env("RUST_LOG", "warn")
+            // The nodes' own log level; `BOWLINE_BENCH_LOG=info` shows elections and hand-offs.
+            .env(
+                "RUST_LOG",
+                std::env::var("BOWLINE_BENCH_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -214,6 +218,11 @@ impl LocalCluster {
                 libc::kill(child.id() as libc::pid_t, signal);
             }
         }
+    }
+
+    /// SIGTERMs node `i` (a planned stop) without waiting for it to exit.
+    pub fn terminate(&self, i: usize) {
+        self.signal(i, libc::SIGTERM);
     }
 
     /// SIGSTOPs node `i` (a long GC pause, a frozen VM).

@@ -135,7 +135,7 @@ impl EtcdCluster {
         }
     }
 
-    /// The leader's index, if every running member answers and names the same one.
+    /// The leader's index, if every member that answers names the same one.
     pub async fn leader(&self) -> Option<usize> {
         let mut member_ids = vec![0u64; self.children.len()];
         let mut named = None;
@@ -144,12 +144,14 @@ impl EtcdCluster {
                 continue;
             }
             let mut client = MaintenanceClient::new(channel(addr).ok()?);
-            let status =
+            // A member that does not answer (stopping after SIGTERM, say) has no say.
+            let Ok(Ok(status)) =
                 tokio::time::timeout(Duration::from_millis(500), client.status(StatusRequest {}))
                     .await
-                    .ok()?
-                    .ok()?
-                    .into_inner();
+            else {
+                continue;
+            };
+            let status = status.into_inner();
             member_ids[i] = status.header?.member_id;
             if status.leader == 0 || named.is_some_and(|l| l != status.leader) {
                 return None;
@@ -165,6 +167,17 @@ impl EtcdCluster {
         if let Some(mut child) = self.children[i].take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs member `i` (a planned stop: etcd hands leadership off first) without waiting
+    /// for it to exit.
+    pub fn terminate(&self, i: usize) {
+        if let Some(child) = &self.children[i] {
+            // SAFETY: signalling our own child process.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
         }
     }
 

@@ -1,6 +1,7 @@
-//! `bowline bench failover`: writers at fixed concurrency, SIGKILL the leader, and measure
-//! the write-unavailability gap (fault → acknowledgement of the first write sent after it)
-//! with the same client timeout for both systems, repeated.
+//! `bowline bench failover`: writers at fixed concurrency, SIGKILL the leader (or, with
+//! `--signal term`, stop it the planned way, as a rolling upgrade does), and measure the
+//! write-unavailability gap (fault → acknowledgement of the first write sent after it) with
+//! the same client timeout for both systems, repeated.
 //!
 //! The writer is the same for both: each attempt goes to the node that last answered, times
 //! out after `--client-timeout-ms`, and on any error moves to the next node. Both systems'
@@ -28,9 +29,23 @@ pub struct FailoverBenchArgs {
     /// Client timeout per write attempt, in milliseconds (the same for both systems).
     #[arg(long, default_value_t = 200)]
     pub client_timeout_ms: u64,
+    /// How the leader is stopped: `kill` (SIGKILL, a crash) or `term` (SIGTERM, a planned
+    /// stop, where both systems hand leadership to a follower first).
+    #[arg(long, value_enum, default_value_t = StopSignal::Kill)]
+    pub signal: StopSignal,
     /// Side-by-side flags.
     #[command(flatten)]
     pub compare: CompareArgs,
+}
+
+/// How `bench failover` stops the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopSignal {
+    /// SIGKILL: a crash.
+    Kill,
+    /// SIGTERM: a planned stop.
+    Term,
 }
 
 /// One leader kill.
@@ -73,7 +88,7 @@ pub async fn run(args: &FailoverBenchArgs) -> anyhow::Result<()> {
         for index in order {
             let target = &mut targets[index];
             eprintln!("bench: failover round {round} on {}", target.system);
-            runs.push(one_round(target, round, args.writers, timeout).await?);
+            runs.push(one_round(target, round, args.writers, timeout, args.signal).await?);
         }
     }
     println!(
@@ -93,8 +108,13 @@ pub async fn run(args: &FailoverBenchArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "client timeout per attempt: {} ms; writers: {}",
-        args.client_timeout_ms, args.writers
+        "client timeout per attempt: {} ms; writers: {}; leader stopped by SIG{}",
+        args.client_timeout_ms,
+        args.writers,
+        match args.signal {
+            StopSignal::Kill => "KILL",
+            StopSignal::Term => "TERM",
+        }
     );
     write_json(&args.compare.json, &runs)
 }
@@ -104,6 +124,7 @@ async fn one_round(
     round: usize,
     writers: usize,
     timeout: Duration,
+    signal: StopSignal,
 ) -> anyhow::Result<FailoverRun> {
     let leader = target.leader(Duration::from_secs(60)).await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -145,7 +166,10 @@ async fn one_round(
     let acked_before = acks.lock().unwrap_or_else(|e| e.into_inner()).len();
     let failed_before = failed.load(Ordering::Relaxed);
     let fault = Instant::now();
-    kill(target, leader);
+    match signal {
+        StopSignal::Kill => kill(target, leader),
+        StopSignal::Term => terminate(target, leader),
+    }
     let deadline = fault + Duration::from_secs(30);
     let mut write_gap_ms = None;
     let mut new_leader_ms = None;
@@ -195,7 +219,19 @@ fn kill(target: &mut Target, node: usize) {
     }
 }
 
+/// Sends SIGTERM and returns at once; `restart` reaps the process.
+fn terminate(target: &mut Target, node: usize) {
+    if let Some(cluster) = target.bowline.as_ref() {
+        cluster.terminate(node);
+    }
+    if let Some(cluster) = target.etcd.as_ref() {
+        cluster.terminate(node);
+    }
+}
+
 async fn restart(target: &mut Target, node: usize) -> anyhow::Result<()> {
+    // After SIGTERM the node has stopped (or is stopping) by now; make sure, and reap it.
+    kill(target, node);
     if let Some(cluster) = target.bowline.as_mut() {
         cluster.spawn(node, &[])?;
         cluster.wait_ready(Duration::from_secs(60)).await?;
