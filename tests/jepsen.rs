@@ -64,6 +64,23 @@ fn register_histories_stay_linearizable_through_crashes_kills_pauses_partitions_
 }
 
 #[test]
+fn register_histories_stay_linearizable_through_planned_leader_stops() {
+    let (ok, r) = jepsen(&[
+        "--nemesis",
+        "terminate",
+        "--fault-ms",
+        "1000",
+        "--seconds",
+        "8",
+    ]);
+    assert!(ok, "bowline jepsen failed: {r:#}");
+    assert_eq!(r["linearizable"], true, "{r:#}");
+    assert!(r["writes_ok"].as_u64().unwrap() > 100, "{r:#}");
+    let stops = r["faults"].as_array().unwrap().len();
+    assert!(stops >= 2, "the leader was stopped {stops} times: {r:#}");
+}
+
+#[test]
 fn stale_reads_are_caught_as_not_linearizable() {
     let (ok, r) = jepsen(&[
         "--consistency",

@@ -41,6 +41,9 @@ pub enum Fault {
     WipeFollower,
     /// Cut the leader off from its peers with iptables (needs root, `ip` and `iptables`).
     Partition,
+    /// SIGTERM the leader (a planned stop: it hands leadership to a follower first),
+    /// restart it after the fault window.
+    Terminate,
 }
 
 /// Flags of `bowline jepsen`.
@@ -350,6 +353,7 @@ async fn nemesis(
             (Fault::Kill | Fault::KillFollower | Fault::WipeFollower, Some(i)) => cluster.kill(i),
             (Fault::Pause, Some(i)) => cluster.pause(i),
             (Fault::Partition, Some(i)) => cluster.isolate(i)?,
+            (Fault::Terminate, Some(i)) => cluster.terminate(i),
             _ => (0..cluster.len()).for_each(|i| cluster.kill(i)),
         }
         // A fault lasts its window even when the run is ending: healing early would hide
@@ -357,6 +361,11 @@ async fn nemesis(
         tokio::time::sleep(window).await;
         match (fault, target) {
             (Fault::Kill | Fault::KillFollower, Some(i)) => cluster.spawn(i, &[])?,
+            (Fault::Terminate, Some(i)) => {
+                // Stopped by now; reap it (SIGKILL should it still be running).
+                cluster.kill(i);
+                cluster.spawn(i, &[])?;
+            }
             (Fault::WipeFollower, Some(i)) => {
                 cluster.wipe(i)?;
                 cluster.spawn(i, &["--initial-cluster-state=existing"])?;
