@@ -69,6 +69,23 @@ pub struct Consensus {
 /// draining).
 const HAND_OFF_POLL: Duration = Duration::from_millis(5);
 
+/// Waits until `metrics` changes or `poll` passes, whichever is first; `false` once
+/// `deadline` has passed or Raft has stopped.
+async fn wait_for_change<T>(
+    metrics: &mut tokio::sync::watch::Receiver<T>,
+    deadline: Instant,
+    poll: Duration,
+) -> bool {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return false;
+    }
+    !matches!(
+        tokio::time::timeout(remaining.min(poll), metrics.changed()).await,
+        Ok(Err(_))
+    )
+}
+
 fn not_leader<E>(
     f: openraft::error::ForwardToLeader<NodeId, NodeAddr>,
 ) -> Result<E, ConsensusError> {
@@ -287,8 +304,7 @@ impl Consensus {
 
     /// Hands leadership to the most up-to-date voter before this node stops: stops taking
     /// writes, waits (within `within`) until a voter has every entry this leader has, asks
-    /// it to campaign, and
-    /// waits until it leads. The old leader grants it its vote (its own vote is not renewed
+    /// it to campaign, and waits until it leads. The old leader grants it its vote (its own vote is not renewed
     /// by followers, so its lease has long expired), which with the candidate's is a
     /// majority of three; so clients see a new leader after one vote round instead of an
     /// election timeout plus a vote round after a crash. Returns the new leader, or `None`
@@ -320,20 +336,15 @@ impl Consensus {
                 }
                 // Writes accepted before the hand-off began are still being proposed; a
                 // voter that matched the log before they were appended would be behind.
-                let caught_up = self
-                    .write_batch
-                    .is_idle()
-                    .then_some(())
-                    .and_then(|()| Self::caught_up_voter(&m, self.id));
-                if let Some(found) = caught_up {
-                    break found;
+                if self.write_batch.is_idle() {
+                    if let Some(found) = Self::caught_up_voter(&m, self.id) {
+                        break found;
+                    }
                 }
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+            if !wait_for_change(&mut metrics, deadline, HAND_OFF_POLL).await {
                 return None;
             }
-            let _ = tokio::time::timeout(remaining.min(HAND_OFF_POLL), metrics.changed()).await;
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let ask = ForwardRequest::Campaign { leader: self.id };
@@ -353,11 +364,7 @@ impl Consensus {
             {
                 return Some(leader);
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if !matches!(
-                tokio::time::timeout(remaining, metrics.changed()).await,
-                Ok(Ok(()))
-            ) {
+            if !wait_for_change(&mut metrics, deadline, within).await {
                 return None;
             }
         }

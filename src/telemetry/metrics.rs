@@ -94,12 +94,23 @@ fn batch_buckets() -> Vec<f64> {
     vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
+/// Registers `metric` and returns it. Both steps fail only on a programming error (an
+/// invalid or duplicate constant name, which every test that starts a node would hit),
+/// never on input or at run time, so they stop start-up instead of returning an error
+/// nobody could act on.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("metric names, help and labels are valid constants");
     registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help))
 }
 
 fn histogram(
@@ -108,20 +119,14 @@ fn histogram(
     help: &str,
     buckets: Vec<f64>,
 ) -> prometheus::Histogram {
-    let h = prometheus::Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .expect("valid metric");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("unique metric");
-    h
+    register(
+        registry,
+        prometheus::Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
+    )
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
+    register(registry, IntCounter::new(name, help))
 }
 
 impl Metrics {
@@ -136,64 +141,59 @@ impl Metrics {
             ),
         )
         .expect("valid registry");
-        let api_requests = IntCounterVec::new(
-            Opts::new(
-                "api_requests_total",
-                "gRPC requests by method and status code",
+        let api_requests = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "api_requests_total",
+                    "gRPC requests by method and status code",
+                ),
+                &["method", "code"],
             ),
-            &["method", "code"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(api_requests.clone()))
-            .expect("unique metric");
-        let api_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "api_request_duration_seconds",
-                "gRPC request latency by method",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["method"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(api_latency.clone()))
-            .expect("unique metric");
-        let watch_cancellations = IntCounterVec::new(
-            Opts::new(
-                "watch_cancellations_total",
-                "Watchers cancelled by the node, by reason",
+        );
+        let api_latency = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "api_request_duration_seconds",
+                    "gRPC request latency by method",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["method"],
             ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(watch_cancellations.clone()))
-            .expect("unique metric");
-        let health_probes = IntCounterVec::new(
-            Opts::new("health_probes_total", "Health probes by kind and result"),
-            &["kind", "result"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(health_probes.clone()))
-            .expect("unique metric");
-        let health_probe_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "health_probe_duration_seconds",
-                "Health probe latency by kind",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["kind"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(health_probe_duration.clone()))
-            .expect("unique metric");
+        );
+        let watch_cancellations = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "watch_cancellations_total",
+                    "Watchers cancelled by the node, by reason",
+                ),
+                &["reason"],
+            ),
+        );
+        let health_probes = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("health_probes_total", "Health probes by kind and result"),
+                &["kind", "result"],
+            ),
+        );
+        let health_probe_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "health_probe_duration_seconds",
+                    "Health probe latency by kind",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["kind"],
+            ),
+        );
         let health_schedule_lag = histogram(
             &registry,
             "health_schedule_lag_seconds",
@@ -222,52 +222,47 @@ impl Metrics {
             "Linearizable reads on this node that shared one read-index request",
             batch_buckets(),
         );
-        let read_index_confirmations = IntCounterVec::new(
-            Opts::new(
-                "read_index_confirmations_total",
-                "Leadership confirmations for read indexes on this leader, by who confirmed",
+        let read_index_confirmations = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "read_index_confirmations_total",
+                    "Leadership confirmations for read indexes on this leader, by who confirmed",
+                ),
+                &["via"],
             ),
-            &["via"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(read_index_confirmations.clone()))
-            .expect("unique metric");
-        let health_transitions = IntCounterVec::new(
-            Opts::new(
-                "health_transitions_total",
-                "Health transitions committed by this node's prober",
+        );
+        let health_transitions = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "health_transitions_total",
+                    "Health transitions committed by this node's prober",
+                ),
+                &["status"],
             ),
-            &["status"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(health_transitions.clone()))
-            .expect("unique metric");
-        let xds_streams = prometheus::IntGaugeVec::new(
-            Opts::new("xds_streams", "xDS streams open, by protocol variant"),
-            &["stream"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(xds_streams.clone()))
-            .expect("unique metric");
-        let xds_pushes = IntCounterVec::new(
-            Opts::new("xds_pushes_total", "xDS responses sent, by type"),
-            &["type"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(xds_pushes.clone()))
-            .expect("unique metric");
-        let xds_nacks = IntCounterVec::new(
-            Opts::new("xds_nacks_total", "xDS NACKs received, by type"),
-            &["type"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(xds_nacks.clone()))
-            .expect("unique metric");
+        );
+        let xds_streams = register(
+            &registry,
+            prometheus::IntGaugeVec::new(
+                Opts::new("xds_streams", "xDS streams open, by protocol variant"),
+                &["stream"],
+            ),
+        );
+        let xds_pushes = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("xds_pushes_total", "xDS responses sent, by type"),
+                &["type"],
+            ),
+        );
+        let xds_nacks = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("xds_nacks_total", "xDS NACKs received, by type"),
+                &["type"],
+            ),
+        );
         let latency_buckets = vec![
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
