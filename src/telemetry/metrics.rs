@@ -89,6 +89,13 @@ pub struct Metrics {
     pub read_index_confirmations: IntCounterVec,
 }
 
+/// Buckets for request and probe latencies, in seconds (0.5 ms to 5 s).
+fn request_buckets() -> Vec<f64> {
+    vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ]
+}
+
 /// Buckets for batch sizes (1 to 512, the most commands one entry takes).
 fn batch_buckets() -> Vec<f64> {
     vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]
@@ -158,9 +165,7 @@ impl Metrics {
                     "api_request_duration_seconds",
                     "gRPC request latency by method",
                 )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ]),
+                .buckets(request_buckets()),
                 &["method"],
             ),
         );
@@ -188,9 +193,7 @@ impl Metrics {
                     "health_probe_duration_seconds",
                     "Health probe latency by kind",
                 )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ]),
+                .buckets(request_buckets()),
                 &["kind"],
             ),
         );
