@@ -525,3 +525,164 @@ async fn a_watch_across_a_snapshot_install_ends_out_of_range_never_with_a_gap() 
     })
     .await;
 }
+
+fn create(watch_id: u64, watch: pb::WatchRequest) -> pb::WatchManyRequest {
+    pb::WatchManyRequest {
+        request: Some(pb::watch_many_request::Request::Create(
+            pb::WatchCreateRequest {
+                watch_id,
+                watch: Some(watch),
+            },
+        )),
+    }
+}
+
+/// Reads a `WatchMany` stream until `done` says so; returns every response.
+async fn responses_until(
+    stream: &mut tonic::Streaming<pb::WatchResponse>,
+    mut done: impl FnMut(&pb::WatchResponse) -> bool,
+) -> Vec<pb::WatchResponse> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut got = Vec::new();
+    loop {
+        let response = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("the awaited response came in time")
+            .expect("stream healthy")
+            .expect("stream open");
+        let finished = done(&response);
+        got.push(response);
+        if finished {
+            return got;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_many_multiplexes_listing_live_refused_and_cancelled_watches_on_one_stream() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    register_service(&client, "alpha").await.unwrap();
+    register_service(&client, "beta").await.unwrap();
+    let listed = register_endpoint(&client, "alpha", "a-0").await;
+
+    // Node 3, a follower unless it won the election: every node serves WatchMany.
+    let (requests, rx) = tokio::sync::mpsc::channel(16);
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.nodes[2].client_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut stream = WatchClient::new(channel)
+        .watch_many(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let on = |service: &str, start: Option<u64>| pb::WatchRequest {
+        service: service.into(),
+        kinds: vec![pb::ObjectKind::Endpoint as i32],
+        start_revision: start,
+        ..Default::default()
+    };
+    requests.send(create(1, on("alpha", None))).await.unwrap();
+    requests
+        .send(create(2, on("beta", Some(listed + 1))))
+        .await
+        .unwrap();
+    let bad = pb::WatchRequest {
+        namespace: "Not_A_Label".into(),
+        ..Default::default()
+    };
+    requests.send(create(3, bad)).await.unwrap();
+    requests.send(create(2, on("beta", None))).await.unwrap();
+
+    let mut seen = std::collections::HashMap::new();
+    let got = responses_until(&mut stream, |r| {
+        *seen
+            .entry((r.watch_id, r.created, r.synced, r.canceled))
+            .or_insert(0) += 1;
+        seen.len() >= 6
+    })
+    .await;
+    let find = |pred: &dyn Fn(&pb::WatchResponse) -> bool| {
+        got.iter()
+            .find(|r| pred(r))
+            .cloned()
+            .unwrap_or_else(|| panic!("{got:?}"))
+    };
+    let created = find(&|r| r.watch_id == 1 && r.created);
+    assert_eq!(created.header.unwrap().revision, listed);
+    let listing = find(&|r| r.watch_id == 1 && r.initial);
+    assert_eq!(
+        listing.events.len(),
+        1,
+        "the listing holds alpha's endpoint"
+    );
+    find(&|r| r.watch_id == 1 && r.synced);
+    find(&|r| r.watch_id == 2 && r.created);
+    let refused = find(&|r| r.watch_id == 3 && r.canceled);
+    assert_eq!(refused.cancel_code, Code::InvalidArgument as i32);
+    assert!(
+        refused.cancel_reason.starts_with("namespace"),
+        "{refused:?}"
+    );
+    let duplicate = find(&|r| r.watch_id == 2 && r.canceled);
+    assert_eq!(duplicate.cancel_code, Code::InvalidArgument as i32);
+    assert!(duplicate.cancel_reason.contains("already in use"));
+
+    // Live events reach each watch under its own id.
+    let beta = register_endpoint(&client, "beta", "b-0").await;
+    let alpha = register_endpoint(&client, "alpha", "a-1").await;
+    let mut events: Vec<(u64, u64)> = Vec::new();
+    responses_until(&mut stream, |r| {
+        events.extend(r.events.iter().map(|e| (r.watch_id, e.revision)));
+        events.len() >= 2
+    })
+    .await;
+    assert_eq!(events, [(2, beta), (1, alpha)]);
+
+    // Cancelling watch 2 ends it alone: its next event never comes, watch 1's does.
+    let cancel = pb::WatchManyRequest {
+        request: Some(pb::watch_many_request::Request::Cancel(
+            pb::WatchCancelRequest { watch_id: 2 },
+        )),
+    };
+    requests.send(cancel).await.unwrap();
+    let got = responses_until(&mut stream, |r| r.canceled).await;
+    let cancelled = got.last().unwrap();
+    assert_eq!((cancelled.watch_id, cancelled.cancel_code), (2, 0));
+    register_endpoint(&client, "beta", "b-1").await;
+    let alpha = register_endpoint(&client, "alpha", "a-2").await;
+    let got = responses_until(&mut stream, |r| !r.events.is_empty()).await;
+    assert!(got.iter().all(|r| r.watch_id == 1), "{got:?}");
+    assert_eq!(got.last().unwrap().events[0].revision, alpha);
+
+    // The node stopping ends watch 1 with where to resume, then the stream itself.
+    let reader = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        let end = loop {
+            match tokio::time::timeout(WAIT, stream.message()).await {
+                Ok(Ok(Some(r))) => rest.push(r),
+                Ok(Ok(None)) => break Code::Ok,
+                Ok(Err(status)) => break status.code(),
+                Err(_) => break Code::DeadlineExceeded,
+            }
+        };
+        (rest, end)
+    });
+    let status = tokio::task::spawn_blocking(move || {
+        let status = cluster.terminate(2);
+        (status, cluster)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success());
+    let (rest, end) = reader.await.unwrap();
+    let ended = rest.iter().find(|r| r.canceled).expect("watch 1 cancelled");
+    assert_eq!(ended.watch_id, 1);
+    assert_eq!(ended.cancel_code, Code::Unavailable as i32);
+    assert_eq!(ended.resume_revision, alpha + 1);
+    assert_eq!(end, Code::Unavailable, "{rest:?}");
+    drop(requests);
+}

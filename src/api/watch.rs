@@ -5,16 +5,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::ApiContext;
 use crate::model::validation::{validate_labels, validate_name};
 use crate::model::ValidationError;
-use crate::proto::v1::WatchRequest;
+use crate::proto::v1::{WatchManyRequest, WatchRequest};
 use crate::proto::watch_wire::watch_server::Watch;
 use crate::watch::events::{kind_from_proto, listing};
 use crate::watch::hub::SubscribeError;
+use crate::watch::hub::WatchGroup;
+use crate::watch::many::{multiplex, OpenWatch, OpenedWatch};
 use crate::watch::stream::{status_with_revision, watch_stream, HeaderFn, OLDEST_REVISION_KEY};
 use crate::watch::wire::{encode_event_chunk, EncodedWatchResponse};
 use crate::watch::WatchFilter;
@@ -23,6 +25,7 @@ use crate::watch::WatchFilter;
 const LISTING_CHUNK: usize = 500;
 
 /// The watch service.
+#[derive(Clone)]
 pub struct WatchService {
     /// Shared API plumbing.
     pub ctx: ApiContext,
@@ -69,6 +72,7 @@ fn subscribe_error(e: SubscribeError) -> Status {
             oldest,
         ),
         SubscribeError::TooManyWatchers(_) => Status::resource_exhausted(e.to_string()),
+        SubscribeError::ShuttingDown => Status::unavailable(e.to_string()),
     }
 }
 
@@ -77,12 +81,58 @@ type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<EncodedWatchResponse
 #[tonic::async_trait]
 impl Watch for WatchService {
     type WatchStream = WatchResponseStream;
+    type WatchManyStream = WatchResponseStream;
 
     async fn watch(
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let request = request.into_inner();
+        let opened = self.open(request.into_inner(), "Watch", None).await?;
+        Ok(Response::new(Box::pin(watch_stream(
+            self.ctx.applied.hub().clone(),
+            opened.sub,
+            opened.initial,
+            opened.position,
+            opened.progress,
+            self.header_fn(),
+            self.ctx.metrics.clone(),
+        ))))
+    }
+
+    async fn watch_many(
+        &self,
+        request: Request<tonic::Streaming<WatchManyRequest>>,
+    ) -> Result<Response<Self::WatchManyStream>, Status> {
+        let service = self.clone();
+        let open: OpenWatch = Arc::new(move |request, group| {
+            let service = service.clone();
+            Box::pin(async move { service.open(request, "WatchMany", Some(group)).await })
+        });
+        let requests = request.into_inner().boxed();
+        Ok(Response::new(Box::pin(multiplex(
+            requests,
+            self.ctx.applied.hub().clone(),
+            open,
+            self.header_fn(),
+            self.ctx.metrics.clone(),
+        ))))
+    }
+}
+
+impl WatchService {
+    fn header_fn(&self) -> HeaderFn {
+        let ctx = self.ctx.clone();
+        Arc::new(move |revision| ctx.header(revision))
+    }
+
+    /// Starts one watch (counted under `method`). A watch of a `WatchMany` stream (`group`)
+    /// is signalled through the group and begins with a `created` response.
+    async fn open(
+        &self,
+        request: WatchRequest,
+        method: &str,
+        group: Option<(Arc<WatchGroup>, usize)>,
+    ) -> Result<OpenedWatch, Status> {
         // A listing reflects every write acknowledged before the watch began, as a
         // linearizable List would (on a follower that has not yet applied them it waits).
         // Watching from a known revision needs no leader, so it works during a failover.
@@ -96,7 +146,7 @@ impl Watch for WatchService {
                 .map_err(|e| Status::from(super::error::ApiError::from(e))),
             Some(_) => Ok(()),
         };
-        let outcome = barrier.and_then(|()| self.start(request));
+        let outcome = barrier.and_then(|()| self.start(request, group));
         let code = match &outcome {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
@@ -104,14 +154,16 @@ impl Watch for WatchService {
         self.ctx
             .metrics
             .api_requests
-            .with_label_values(&["Watch", &format!("{code:?}")])
+            .with_label_values(&[method, &format!("{code:?}")])
             .inc();
-        outcome.map(Response::new)
+        outcome
     }
-}
 
-impl WatchService {
-    fn start(&self, request: WatchRequest) -> Result<WatchResponseStream, Status> {
+    fn start(
+        &self,
+        request: WatchRequest,
+        group: Option<(Arc<WatchGroup>, usize)>,
+    ) -> Result<OpenedWatch, Status> {
         let filter = filter_from(&request).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let progress = match request.progress_interval_ms {
             0 => self.default_progress,
@@ -126,7 +178,7 @@ impl WatchService {
             }
             Some(start) => {
                 let sub = hub
-                    .subscribe(filter, Some(start))
+                    .subscribe_in(filter, Some(start), group.clone())
                     .map_err(subscribe_error)?;
                 (sub, Vec::new(), start - 1)
             }
@@ -134,7 +186,7 @@ impl WatchService {
                 // The listing and the registration happen under the state read lock, so the
                 // listing is exactly the state at the revision live events continue from.
                 let (sub, events, revision) = self.ctx.applied.read(|state, revision| {
-                    let sub = hub.subscribe(filter.clone(), None);
+                    let sub = hub.subscribe_in(filter.clone(), None, group.clone());
                     (sub, listing(state, &filter), revision)
                 });
                 let sub = sub.map_err(subscribe_error)?;
@@ -155,16 +207,22 @@ impl WatchService {
                 (sub, initial, revision)
             }
         };
-        let ctx = self.ctx.clone();
-        let header: HeaderFn = Arc::new(move |revision| ctx.header(revision));
-        Ok(Box::pin(watch_stream(
-            hub,
-            subscription,
+        let mut initial = initial;
+        if group.is_some() {
+            initial.insert(
+                0,
+                EncodedWatchResponse {
+                    header: self.ctx.header(position),
+                    created: true,
+                    ..EncodedWatchResponse::default()
+                },
+            );
+        }
+        Ok(OpenedWatch {
+            sub: subscription,
             initial,
             position,
             progress,
-            header,
-            self.ctx.metrics.clone(),
-        )))
+        })
     }
 }

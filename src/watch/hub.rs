@@ -100,8 +100,59 @@ pub struct WatcherShared {
     pub queue: Mutex<VecDeque<Arc<RevisionBatch>>>,
     /// Set once, when the hub gives up on the watcher.
     pub cancelled: Mutex<Option<CancelReason>>,
-    /// Wakes the stream when the queue or `cancelled` changes.
+    /// Wakes the stream when the queue or `cancelled` changes (a watcher on its own stream).
     pub notify: Notify,
+    /// A watcher of a group (`WatchMany`): the group and its slot there.
+    pub group: Option<(Arc<WatchGroup>, usize)>,
+    /// Whether the slot is already on the group's ready list.
+    pub listed: std::sync::atomic::AtomicBool,
+}
+
+impl WatcherShared {
+    /// Tells whoever serves this watcher that its queue or `cancelled` changed.
+    pub fn signal(&self) {
+        match &self.group {
+            None => self.notify.notify_one(),
+            Some((group, slot)) => {
+                if !self.listed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    group
+                        .ready
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(*slot);
+                    group.notify.notify_one();
+                }
+            }
+        }
+    }
+}
+
+/// Watchers served by one stream (`WatchMany`): publishing wakes the stream once and lists
+/// which of its watchers have something, instead of waking a task per watcher.
+#[derive(Debug, Default)]
+pub struct WatchGroup {
+    /// Slots whose watcher was signalled since the stream last looked.
+    ready: Mutex<Vec<usize>>,
+    /// Wakes the stream.
+    pub notify: Notify,
+}
+
+impl WatchGroup {
+    /// Takes the slots signalled so far. Each watcher's `listed` flag must be cleared (with
+    /// [`WatchGroup::unlist`]) before its queue is read, so a later publish lists it again.
+    pub fn take_ready(&self, into: &mut Vec<usize>) {
+        std::mem::swap(
+            &mut *self.ready.lock().unwrap_or_else(|e| e.into_inner()),
+            into,
+        );
+    }
+
+    /// Clears a watcher's listed flag before its queue is read.
+    pub fn unlist(shared: &WatcherShared) {
+        shared
+            .listed
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Why a watch could not start.
@@ -118,6 +169,9 @@ pub enum SubscribeError {
     /// Too many watchers on this node.
     #[error("this node already serves {0} watchers")]
     TooManyWatchers(usize),
+    /// The node is shutting down.
+    #[error("node is shutting down; watch another node")]
+    ShuttingDown,
 }
 
 /// A registered watcher: its shared state and the history to replay before live events.
@@ -158,6 +212,8 @@ pub struct WatchHub {
     inner: Mutex<HubInner>,
     /// Watch metrics.
     metrics: Metrics,
+    /// Becomes true at shutdown, so streams that outlive their watches (`WatchMany`) end too.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl WatchHub {
@@ -173,7 +229,18 @@ impl WatchHub {
                 ..HubInner::default()
             }),
             metrics,
+            closed: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Watchers registered now.
+    pub fn watcher_count(&self) -> usize {
+        self.lock().watchers.len()
+    }
+
+    /// Becomes true when the node shuts down its watches.
+    pub fn closed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closed.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HubInner> {
@@ -211,7 +278,7 @@ impl WatchHub {
                 queue.push_back(batch.clone());
                 drop(queue);
             }
-            watcher.notify.notify_one();
+            watcher.signal();
         }
         for id in cancelled {
             inner.watchers.remove(&id);
@@ -257,7 +324,20 @@ impl WatchHub {
         filter: WatchFilter,
         start: Option<u64>,
     ) -> Result<Subscription, SubscribeError> {
+        self.subscribe_in(filter, start, None)
+    }
+
+    /// [`WatchHub::subscribe`] for a watcher of a group, signalled through the group's slot.
+    pub fn subscribe_in(
+        &self,
+        filter: WatchFilter,
+        start: Option<u64>,
+        group: Option<(Arc<WatchGroup>, usize)>,
+    ) -> Result<Subscription, SubscribeError> {
         let mut inner = self.lock();
+        if *self.closed.borrow() {
+            return Err(SubscribeError::ShuttingDown);
+        }
         if inner.watchers.len() >= self.config.max_watchers {
             return Err(SubscribeError::TooManyWatchers(inner.watchers.len()));
         }
@@ -281,6 +361,8 @@ impl WatchHub {
             queue: Mutex::new(VecDeque::new()),
             cancelled: Mutex::new(None),
             notify: Notify::new(),
+            group,
+            listed: std::sync::atomic::AtomicBool::new(false),
         });
         let id = inner.next_id;
         inner.next_id += 1;
@@ -321,7 +403,7 @@ impl WatchHub {
                 .unwrap_or_else(|e| e.into_inner())
                 .clear();
             *watcher.cancelled.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-            watcher.notify.notify_one();
+            watcher.signal();
             self.metrics
                 .watch_cancellations
                 .with_label_values(&[reason.as_str()])
@@ -345,27 +427,33 @@ impl WatchHub {
     /// Ends every watch (node shutdown), so their streams close and the server can drain.
     pub fn shutdown(&self) {
         let mut inner = self.lock();
+        self.closed.send_replace(true);
         self.cancel_all(&mut inner, CancelReason::Shutdown);
         self.record(&inner);
+    }
+}
+
+/// A service change event on `service`, for tests.
+#[cfg(test)]
+pub(crate) fn test_event(service: &str) -> PublishedEvent {
+    PublishedEvent {
+        meta: ObjectMeta {
+            kind: super::filter::WatchKind::Service,
+            namespace: "default".into(),
+            service: service.into(),
+            name: service.into(),
+            labels: Default::default(),
+        },
+        chunk: Bytes::from_static(b"0123456789"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::filter::WatchKind;
 
     fn event(service: &str) -> PublishedEvent {
-        PublishedEvent {
-            meta: ObjectMeta {
-                kind: WatchKind::Service,
-                namespace: "default".into(),
-                service: service.into(),
-                name: service.into(),
-                labels: Default::default(),
-            },
-            chunk: Bytes::from_static(b"0123456789"),
-        }
+        test_event(service)
     }
 
     fn hub(config: HubConfig) -> WatchHub {

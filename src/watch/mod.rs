@@ -4,6 +4,7 @@
 pub mod events;
 pub mod filter;
 pub mod hub;
+pub mod many;
 pub mod stream;
 pub mod wire;
 

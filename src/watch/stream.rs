@@ -67,33 +67,118 @@ impl Drop for WatchState {
     }
 }
 
-impl WatchState {
-    fn cancelled_status(&self, reason: CancelReason) -> Status {
-        let resume = self.position + 1;
-        match reason {
-            CancelReason::SlowConsumer => status_with_revision(
-                tonic::Code::ResourceExhausted,
-                format!("watcher fell behind (its queue of revisions is full); resume from revision {resume}"),
-                RESUME_REVISION_KEY,
-                resume,
+/// The status a watch ends with when the hub cancels it at `position`.
+pub fn cancelled_status(reason: CancelReason, position: u64) -> Status {
+    let resume = position + 1;
+    match reason {
+        CancelReason::SlowConsumer => status_with_revision(
+            tonic::Code::ResourceExhausted,
+            format!("watcher fell behind (its queue of revisions is full); resume from revision {resume}"),
+            RESUME_REVISION_KEY,
+            resume,
+        ),
+        CancelReason::HistoryReset => status_with_revision(
+            tonic::Code::Aborted,
+            format!(
+                "this node replaced its state with a snapshot; resume from revision {resume} on another node, or list again"
             ),
-            CancelReason::HistoryReset => status_with_revision(
-                tonic::Code::Aborted,
-                format!(
-                    "this node replaced its state with a snapshot; resume from revision {resume} on another node, or list again"
-                ),
-                RESUME_REVISION_KEY,
-                resume,
-            ),
-            CancelReason::Shutdown => status_with_revision(
-                tonic::Code::Unavailable,
-                format!("node is shutting down; resume from revision {resume} on another node"),
-                RESUME_REVISION_KEY,
-                resume,
-            ),
-        }
+            RESUME_REVISION_KEY,
+            resume,
+        ),
+        CancelReason::Shutdown => status_with_revision(
+            tonic::Code::Unavailable,
+            format!("node is shutting down; resume from revision {resume} on another node"),
+            RESUME_REVISION_KEY,
+            resume,
+        ),
     }
+}
 
+/// What a watcher has queued, as at most one response.
+pub enum Drained {
+    /// A response with events; `more` when limits left revisions queued.
+    Events {
+        /// The response.
+        response: EncodedWatchResponse,
+        /// Whether revisions are still queued.
+        more: bool,
+    },
+    /// Nothing queued (revisions without a matching event only advanced `position`).
+    Empty,
+}
+
+/// Takes the watcher's replay and queued revisions after `position` into one response,
+/// coalescing up to the per-response limits; advances `position` past what it took.
+pub fn drain_events(
+    sub: &mut Subscription,
+    position: &mut u64,
+    header: &HeaderFn,
+    metrics: &Metrics,
+) -> Drained {
+    loop {
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        let mut last_revision = None;
+        let mut more = false;
+        // Publication time of the oldest live (not replayed) revision in this response.
+        let mut oldest_live = None;
+        for taken in 0..=MAX_REVISIONS_PER_RESPONSE {
+            if bytes >= MAX_BYTES_PER_RESPONSE || taken == MAX_REVISIONS_PER_RESPONSE {
+                more = true;
+                break;
+            }
+            let (batch, live) = match sub.replay.pop_front() {
+                Some(batch) => (batch, false),
+                None => match sub
+                    .shared
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop_front()
+                {
+                    Some(batch) => (batch, true),
+                    None => break,
+                },
+            };
+            if batch.revision <= *position {
+                continue;
+            }
+            for event in &batch.events {
+                if sub.shared.filter.matches(&event.meta) {
+                    bytes += event.chunk.len();
+                    events.push(event.chunk.clone());
+                    if live {
+                        oldest_live.get_or_insert(batch.published);
+                    }
+                }
+            }
+            last_revision = Some(batch.revision);
+        }
+        let Some(revision) = last_revision else {
+            return Drained::Empty;
+        };
+        *position = revision;
+        if events.is_empty() {
+            continue;
+        }
+        metrics.watch_events_sent.inc_by(events.len() as u64);
+        if let Some(published) = oldest_live {
+            metrics
+                .watch_send_lag
+                .observe(published.elapsed().as_secs_f64());
+        }
+        return Drained::Events {
+            response: EncodedWatchResponse {
+                header: header(revision),
+                events,
+                ..EncodedWatchResponse::default()
+            },
+            more,
+        };
+    }
+}
+
+impl WatchState {
     async fn next(&mut self) -> Option<Result<EncodedWatchResponse, Status>> {
         if self.done {
             return None;
@@ -102,60 +187,14 @@ impl WatchState {
             return Some(Ok(response));
         }
         loop {
-            let mut events = Vec::new();
-            let mut bytes = 0;
-            let mut last_revision = None;
-            // Publication time of the oldest live (not replayed) revision in this response.
-            let mut oldest_live = None;
-            for _ in 0..MAX_REVISIONS_PER_RESPONSE {
-                if bytes >= MAX_BYTES_PER_RESPONSE {
-                    break;
-                }
-                let (batch, live) = match self.sub.replay.pop_front() {
-                    Some(batch) => (batch, false),
-                    None => match self
-                        .sub
-                        .shared
-                        .queue
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .pop_front()
-                    {
-                        Some(batch) => (batch, true),
-                        None => break,
-                    },
-                };
-                if batch.revision <= self.position {
-                    continue;
-                }
-                for event in &batch.events {
-                    if self.sub.shared.filter.matches(&event.meta) {
-                        bytes += event.chunk.len();
-                        events.push(event.chunk.clone());
-                        if live {
-                            oldest_live.get_or_insert(batch.published);
-                        }
-                    }
-                }
-                last_revision = Some(batch.revision);
-            }
-            if let Some(revision) = last_revision {
-                self.position = revision;
-                if !events.is_empty() {
-                    self.metrics.watch_events_sent.inc_by(events.len() as u64);
-                    if let Some(published) = oldest_live {
-                        self.metrics
-                            .watch_send_lag
-                            .observe(published.elapsed().as_secs_f64());
-                    }
-                    self.next_progress = Instant::now() + self.progress_interval;
-                    return Some(Ok(EncodedWatchResponse {
-                        header: (self.header)(revision),
-                        events,
-                        ..EncodedWatchResponse::default()
-                    }));
-                }
-                continue;
+            if let Drained::Events { response, .. } = drain_events(
+                &mut self.sub,
+                &mut self.position,
+                &self.header,
+                &self.metrics,
+            ) {
+                self.next_progress = Instant::now() + self.progress_interval;
+                return Some(Ok(response));
             }
             let cancelled = *self
                 .sub
@@ -165,7 +204,7 @@ impl WatchState {
                 .unwrap_or_else(|e| e.into_inner());
             if let Some(reason) = cancelled {
                 self.done = true;
-                return Some(Err(self.cancelled_status(reason)));
+                return Some(Err(cancelled_status(reason, self.position)));
             }
             tokio::select! {
                 _ = self.sub.shared.notify.notified() => {}

@@ -14,6 +14,12 @@ const FIELD_EVENTS: u32 = 2;
 const FIELD_INITIAL: u32 = 3;
 const FIELD_SYNCED: u32 = 4;
 const FIELD_PROGRESS: u32 = 5;
+const FIELD_WATCH_ID: u32 = 6;
+const FIELD_CREATED: u32 = 7;
+const FIELD_CANCELED: u32 = 8;
+const FIELD_CANCEL_CODE: u32 = 9;
+const FIELD_CANCEL_REASON: u32 = 10;
+const FIELD_RESUME_REVISION: u32 = 11;
 
 /// One event, encoded once as a `WatchResponse.events` entry.
 pub fn encode_event_chunk(event: &pb::Event) -> Bytes {
@@ -36,6 +42,18 @@ pub struct EncodedWatchResponse {
     pub synced: bool,
     /// Progress notice.
     pub progress: bool,
+    /// On a `WatchMany` stream: the watch this response belongs to (0 elsewhere).
+    pub watch_id: u64,
+    /// `WatchMany`: the watch is registered.
+    pub created: bool,
+    /// `WatchMany`: the watch has ended; `cancel_code` and `cancel_reason` say why.
+    pub canceled: bool,
+    /// `WatchMany`: a gRPC status code.
+    pub cancel_code: i32,
+    /// `WatchMany`: why the watch ended.
+    pub cancel_reason: String,
+    /// `WatchMany`: where a cancelled watch can resume.
+    pub resume_revision: u64,
 }
 
 impl Message for EncodedWatchResponse {
@@ -55,6 +73,24 @@ impl Message for EncodedWatchResponse {
         if self.progress {
             prost::encoding::bool::encode(FIELD_PROGRESS, &self.progress, buf);
         }
+        if self.watch_id != 0 {
+            prost::encoding::uint64::encode(FIELD_WATCH_ID, &self.watch_id, buf);
+        }
+        if self.created {
+            prost::encoding::bool::encode(FIELD_CREATED, &self.created, buf);
+        }
+        if self.canceled {
+            prost::encoding::bool::encode(FIELD_CANCELED, &self.canceled, buf);
+        }
+        if self.cancel_code != 0 {
+            prost::encoding::int32::encode(FIELD_CANCEL_CODE, &self.cancel_code, buf);
+        }
+        if !self.cancel_reason.is_empty() {
+            prost::encoding::string::encode(FIELD_CANCEL_REASON, &self.cancel_reason, buf);
+        }
+        if self.resume_revision != 0 {
+            prost::encoding::uint64::encode(FIELD_RESUME_REVISION, &self.resume_revision, buf);
+        }
     }
 
     fn merge_field(
@@ -73,12 +109,38 @@ impl Message for EncodedWatchResponse {
             prost::encoding::message::encoded_len(FIELD_HEADER, h)
         });
         let events: usize = self.events.iter().map(Bytes::len).sum();
-        let flags = [self.initial, self.synced, self.progress]
-            .iter()
-            .filter(|f| **f)
-            .count()
+        let flags = [
+            self.initial,
+            self.synced,
+            self.progress,
+            self.created,
+            self.canceled,
+        ]
+        .iter()
+        .filter(|f| **f)
+        .count()
             * 2;
-        header + events + flags
+        let watch_id = if self.watch_id == 0 {
+            0
+        } else {
+            prost::encoding::uint64::encoded_len(FIELD_WATCH_ID, &self.watch_id)
+        };
+        let code = if self.cancel_code == 0 {
+            0
+        } else {
+            prost::encoding::int32::encoded_len(FIELD_CANCEL_CODE, &self.cancel_code)
+        };
+        let reason = if self.cancel_reason.is_empty() {
+            0
+        } else {
+            prost::encoding::string::encoded_len(FIELD_CANCEL_REASON, &self.cancel_reason)
+        };
+        let resume = if self.resume_revision == 0 {
+            0
+        } else {
+            prost::encoding::uint64::encoded_len(FIELD_RESUME_REVISION, &self.resume_revision)
+        };
+        header + events + flags + watch_id + code + reason + resume
     }
 
     fn clear(&mut self) {
@@ -112,6 +174,7 @@ mod tests {
             initial: false,
             synced: true,
             progress: true,
+            ..EncodedWatchResponse::default()
         };
         let bytes = encoded.encode_to_vec();
         assert_eq!(bytes.len(), encoded.encoded_len());
@@ -119,5 +182,27 @@ mod tests {
         assert_eq!(decoded.events, vec![event.clone(), event]);
         assert_eq!(decoded.header.unwrap().revision, 42);
         assert!(decoded.synced && decoded.progress && !decoded.initial);
+    }
+
+    #[test]
+    fn the_watch_many_fields_decode_as_the_public_message() {
+        let encoded = EncodedWatchResponse {
+            watch_id: 300,
+            created: true,
+            canceled: true,
+            cancel_code: tonic::Code::OutOfRange as i32,
+            cancel_reason: "revision 3 has been compacted".into(),
+            resume_revision: 1 << 40,
+            ..EncodedWatchResponse::default()
+        };
+        let bytes = encoded.encode_to_vec();
+        assert_eq!(bytes.len(), encoded.encoded_len());
+        let decoded = pb::WatchResponse::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded.watch_id, 300);
+        assert!(decoded.created && decoded.canceled);
+        assert_eq!(decoded.cancel_code, tonic::Code::OutOfRange as i32);
+        assert_eq!(decoded.cancel_reason, "revision 3 has been compacted");
+        assert_eq!(decoded.resume_revision, 1 << 40);
+        assert!(EncodedWatchResponse::default().encode_to_vec().is_empty());
     }
 }
