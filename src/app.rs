@@ -339,6 +339,7 @@ pub async fn run_node(
         quorum_ack_timeout_ms: config.raft.election_timeout_max_ms,
     };
     let ctx = ApiContext {
+        server_metrics: consensus.raft.server_metrics(),
         consensus: consensus.clone(),
         applied: applied.clone(),
         metrics: metrics.clone(),

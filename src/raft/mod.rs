@@ -61,6 +61,8 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub type Entry = openraft::Entry<TypeConfig>;
 /// A log id with our node id type.
 pub type LogId = openraft::LogId<NodeId>;
+/// Raft's server metrics (vote, leader, membership).
+pub type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, NodeAddr>;
 /// Storage errors with our node id type.
 pub type StorageError = openraft::StorageError<NodeId>;
 /// Membership as stored by the state machine.
