@@ -109,3 +109,19 @@ fn disk_bench_reports_data_directory_and_memory_for_both() {
         assert!(last["rss_mib"].as_f64().unwrap() > 0.0, "{last}");
     }
 }
+
+#[test]
+fn watch_bench_delivers_every_event_to_every_watcher_on_both_systems() {
+    for per_stream in ["100", "1"] {
+        let rows = bench(&["watch", "--per-stream", per_stream]);
+        let rows = rows.as_array().unwrap();
+        let systems: Vec<&str> = rows.iter().map(|r| r["system"].as_str().unwrap()).collect();
+        assert_eq!(systems, ["bowline", "etcd"], "{rows:?}");
+        for row in rows {
+            assert_eq!(row["missed"], 0, "{row}");
+            assert_eq!(row["per_stream"].as_u64().unwrap().to_string(), per_stream);
+            assert!(row["writes"].as_u64().unwrap() > 0, "{row}");
+            assert!(row["delivery"]["p99_ms"].as_f64().unwrap() > 0.0, "{row}");
+        }
+    }
+}

@@ -36,6 +36,11 @@ pub struct WatchBenchArgs {
     /// HTTP/2 connections the watchers share (per node).
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
+    /// Watches per gRPC stream: Bowline's `WatchMany` and etcd's `Watch` both carry many
+    /// watches on one stream, as etcd's own client does. 1 opens a stream per watcher
+    /// (Bowline's server-streaming `Watch`).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub per_stream: u64,
     /// Use an existing etcd cluster (client addresses host:port) instead of starting three
     /// members of the distribution's `etcd`.
     #[arg(long, value_delimiter = ',')]
@@ -55,6 +60,8 @@ pub struct WatchBenchResult {
     pub system: System,
     /// Watchers.
     pub watchers: usize,
+    /// Watches per gRPC stream.
+    pub per_stream: u64,
     /// Writes made.
     pub writes: usize,
     /// Write acknowledgement latency.
@@ -114,36 +121,28 @@ async fn one_run(
     let ready = Arc::new(AtomicUsize::new(0));
     let writes = args.writes;
     let deadline = Instant::now() + Duration::from_secs(writes as u64 / args.rate.max(1) + 60);
-    let mut tasks = Vec::with_capacity(watchers);
-    for w in 0..watchers {
-        let channel = channels[w % channels.len()].clone();
+    let request = pb::WatchRequest {
+        kinds: vec![pb::ObjectKind::Endpoint as i32],
+        service: service.clone(),
+        start_revision: Some(start),
+        ..Default::default()
+    };
+    let per_stream = args.per_stream as usize;
+    let mut tasks = Vec::new();
+    for (s, first) in (0..watchers).step_by(per_stream).enumerate() {
+        let channel = channels[s % channels.len()].clone();
+        let count = per_stream.min(watchers - first);
         let ready = ready.clone();
-        let request = pb::WatchRequest {
-            kinds: vec![pb::ObjectKind::Endpoint as i32],
-            service: service.clone(),
-            start_revision: Some(start),
-            ..Default::default()
-        };
-        tasks.push(tokio::spawn(async move {
-            let mut received: Vec<(u64, Instant)> = Vec::with_capacity(writes);
-            let Ok(response) = WatchClient::new(channel).watch(request).await else {
-                ready.fetch_add(1, Ordering::Relaxed);
-                return received;
-            };
-            ready.fetch_add(1, Ordering::Relaxed);
-            let mut stream = response.into_inner();
-            while received.len() < writes {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(remaining, stream.message()).await {
-                    Ok(Ok(Some(msg))) => {
-                        let now = Instant::now();
-                        received.extend(msg.events.iter().map(|e| (e.revision, now)));
-                    }
-                    _ => break,
-                }
-            }
-            received
-        }));
+        let request = request.clone();
+        tasks.push(if per_stream == 1 {
+            tokio::spawn(async move {
+                vec![watch_one(channel, request, writes, deadline, &ready).await]
+            })
+        } else {
+            tokio::spawn(async move {
+                watch_many(channel, request, count, writes, deadline, &ready).await
+            })
+        });
     }
     wait_connected(&ready, watchers, deadline).await?;
 
@@ -176,6 +175,7 @@ async fn one_run(
     summarize(
         System::Bowline,
         watchers,
+        args.per_stream,
         tasks,
         &acked,
         write_latency,
@@ -184,13 +184,197 @@ async fn one_run(
     .await
 }
 
-/// Received (revision, arrival) pairs of one watcher.
-type Received = tokio::task::JoinHandle<Vec<(u64, Instant)>>;
+/// Received (revision, arrival) pairs of each watcher one task served.
+type Received = tokio::task::JoinHandle<Vec<Vec<(u64, Instant)>>>;
+
+/// One watcher on its own `Watch` stream.
+async fn watch_one(
+    channel: Channel,
+    request: pb::WatchRequest,
+    writes: usize,
+    deadline: Instant,
+    ready: &AtomicUsize,
+) -> Vec<(u64, Instant)> {
+    let mut received: Vec<(u64, Instant)> = Vec::with_capacity(writes);
+    let response = WatchClient::new(channel).watch(request).await;
+    ready.fetch_add(1, Ordering::Relaxed);
+    let Ok(response) = response else {
+        return received;
+    };
+    let mut stream = response.into_inner();
+    while received.len() < writes {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, stream.message()).await {
+            Ok(Ok(Some(msg))) => {
+                let now = Instant::now();
+                received.extend(msg.events.iter().map(|e| (e.revision, now)));
+            }
+            _ => break,
+        }
+    }
+    received
+}
+
+/// Which watches of one stream have started and which have all they will get.
+struct Tally<'a> {
+    announced: Vec<bool>,
+    finished: Vec<bool>,
+    unfinished: usize,
+    writes: usize,
+    ready: &'a AtomicUsize,
+}
+
+impl<'a> Tally<'a> {
+    fn new(count: usize, writes: usize, ready: &'a AtomicUsize) -> Self {
+        Self {
+            announced: vec![false; count],
+            finished: vec![false; count],
+            unfinished: count,
+            writes,
+            ready,
+        }
+    }
+
+    /// Watch `i` was created, or refused or ended (`canceled`).
+    fn announced(&mut self, i: usize, canceled: bool) {
+        if i >= self.announced.len() {
+            return;
+        }
+        if !std::mem::replace(&mut self.announced[i], true) {
+            self.ready.fetch_add(1, Ordering::Relaxed);
+        }
+        if canceled {
+            self.finish(i);
+        }
+    }
+
+    fn received(&mut self, i: usize, total: usize) {
+        if total >= self.writes {
+            self.finish(i);
+        }
+    }
+
+    fn finish(&mut self, i: usize) {
+        if !std::mem::replace(&mut self.finished[i], true) {
+            self.unfinished -= 1;
+        }
+    }
+
+    fn all_finished(&self) -> bool {
+        self.unfinished == 0
+    }
+
+    /// Counts every watch not yet announced as ready, so the writer does not wait for a
+    /// stream that failed.
+    fn give_up(&mut self) {
+        for i in 0..self.announced.len() {
+            self.announced(i, true);
+        }
+    }
+}
+
+/// What a response of a multiplexed watch stream says about its watch, whichever system
+/// sent it.
+struct Header {
+    /// The watch's index on the stream (its id minus one).
+    index: Option<usize>,
+    created: bool,
+    canceled: bool,
+}
+
+/// Reads `count` watches multiplexed on one stream until each has `writes` events, ended,
+/// or the deadline passed; `header` reads a response and appends its event revisions.
+async fn read_multiplexed<M: prost::Message + Default + 'static>(
+    mut stream: tonic::Streaming<M>,
+    count: usize,
+    writes: usize,
+    deadline: Instant,
+    ready: &AtomicUsize,
+    header: impl Fn(&M, &mut Vec<u64>) -> Header,
+) -> Vec<Vec<(u64, Instant)>> {
+    let mut received: Vec<Vec<(u64, Instant)>> = vec![Vec::with_capacity(writes); count];
+    let mut tally = Tally::new(count, writes, ready);
+    let mut revisions = Vec::new();
+    while !tally.all_finished() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let Ok(Ok(Some(msg))) = tokio::time::timeout(remaining, stream.message()).await else {
+            break;
+        };
+        let now = Instant::now();
+        revisions.clear();
+        let Header {
+            index,
+            created,
+            canceled,
+        } = header(&msg, &mut revisions);
+        let Some(i) = index else {
+            continue;
+        };
+        if created || canceled {
+            tally.announced(i, canceled);
+            continue;
+        }
+        if let Some(mine) = received.get_mut(i) {
+            mine.extend(revisions.iter().map(|r| (*r, now)));
+            tally.received(i, mine.len());
+        }
+    }
+    received
+}
+
+/// `count` watchers on one `WatchMany` stream, with watch ids 1..=count.
+async fn watch_many(
+    channel: Channel,
+    request: pb::WatchRequest,
+    count: usize,
+    writes: usize,
+    deadline: Instant,
+    ready: &AtomicUsize,
+) -> Vec<Vec<(u64, Instant)>> {
+    // The request side stays open: closing it would end the stream once the watches do.
+    let (tx, rx) = tokio::sync::mpsc::channel(count);
+    for id in 1..=count as u64 {
+        let _ = tx
+            .send(pb::WatchManyRequest {
+                request: Some(pb::watch_many_request::Request::Create(
+                    pb::WatchCreateRequest {
+                        watch_id: id,
+                        watch: Some(request.clone()),
+                    },
+                )),
+            })
+            .await;
+    }
+    let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let Ok(response) = WatchClient::new(channel).watch_many(outbound).await else {
+        Tally::new(count, writes, ready).give_up();
+        return vec![Vec::new(); count];
+    };
+    let received = read_multiplexed(
+        response.into_inner(),
+        count,
+        writes,
+        deadline,
+        ready,
+        |msg: &pb::WatchResponse, revisions| {
+            revisions.extend(msg.events.iter().map(|e| e.revision));
+            Header {
+                index: (msg.watch_id as usize).checked_sub(1),
+                created: msg.created,
+                canceled: msg.canceled,
+            }
+        },
+    )
+    .await;
+    drop(tx);
+    received
+}
 
 /// Acknowledgement → delivery over every (watcher, write), and the deliveries missing.
 async fn summarize(
     system: System,
     watchers: usize,
+    per_stream: u64,
     tasks: Vec<Received>,
     acked: &HashMap<u64, Instant>,
     write_latency: hdrhistogram::Histogram<u64>,
@@ -201,8 +385,7 @@ async fn summarize(
     let mut delivered = 0u64;
     let mut last_delivery = began;
     for task in tasks {
-        let received = task.await?;
-        for (revision, at) in received {
+        for (revision, at) in task.await?.into_iter().flatten() {
             if let Some(ack) = acked.get(&revision) {
                 delivered += 1;
                 last_delivery = last_delivery.max(at);
@@ -215,6 +398,7 @@ async fn summarize(
     Ok(WatchBenchResult {
         system,
         watchers,
+        per_stream,
         writes,
         write_latency: Latency::from_micros(&write_latency),
         delivery: Latency::from_micros(&delivery),
@@ -273,49 +457,22 @@ async fn one_run_etcd(
     let ready = Arc::new(AtomicUsize::new(0));
     let writes = args.writes;
     let deadline = Instant::now() + Duration::from_secs(writes as u64 / args.rate.max(1) + 60);
-    let mut tasks = Vec::with_capacity(watchers);
-    for w in 0..watchers {
-        let channel = channels[w % channels.len()].clone();
+    let create = WatchCreateRequest {
+        key: prefix.clone().into_bytes(),
+        // The prefix's range end: the last byte ('/') plus one.
+        range_end: format!("bench-watch-{watchers}0").into_bytes(),
+        start_revision: start as i64,
+        ..Default::default()
+    };
+    let per_stream = args.per_stream as usize;
+    let mut tasks = Vec::new();
+    for (s, first) in (0..watchers).step_by(per_stream).enumerate() {
+        let channel = channels[s % channels.len()].clone();
+        let count = per_stream.min(watchers - first);
         let ready = ready.clone();
-        let create = WatchCreateRequest {
-            key: prefix.clone().into_bytes(),
-            // The prefix's range end: the last byte ('/') plus one.
-            range_end: format!("bench-watch-{watchers}0").into_bytes(),
-            start_revision: start as i64,
-            ..Default::default()
-        };
+        let create = create.clone();
         tasks.push(tokio::spawn(async move {
-            let mut received: Vec<(u64, Instant)> = Vec::with_capacity(writes);
-            let request = crate::proto::etcd::WatchRequest {
-                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-            };
-            // The request stream stays open (a closed send side cancels etcd's watches).
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            let _ = tx.send(request).await;
-            let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
-            let response = EtcdWatchClient::new(channel).watch(outbound).await;
-            ready.fetch_add(1, Ordering::Relaxed);
-            let Ok(response) = response else {
-                return received;
-            };
-            let mut stream = response.into_inner();
-            while received.len() < writes {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(remaining, stream.message()).await {
-                    Ok(Ok(Some(msg))) => {
-                        let now = Instant::now();
-                        received.extend(
-                            msg.events
-                                .iter()
-                                .filter_map(|e| e.kv.as_ref())
-                                .map(|kv| (kv.mod_revision as u64, now)),
-                        );
-                    }
-                    _ => break,
-                }
-            }
-            drop(tx);
-            received
+            etcd_watch_stream(channel, create, count, writes, deadline, &ready).await
         }));
     }
     wait_connected(&ready, watchers, deadline).await?;
@@ -337,7 +494,71 @@ async fn one_run_etcd(
         let _ = write_latency.record(now.duration_since(sent).as_micros().max(1) as u64);
         acked.insert(revision as u64, now);
     }
-    summarize(System::Etcd, watchers, tasks, &acked, write_latency, began).await
+    summarize(
+        System::Etcd,
+        watchers,
+        args.per_stream,
+        tasks,
+        &acked,
+        write_latency,
+        began,
+    )
+    .await
+}
+
+/// `count` etcd watches on one `Watch` stream, with watch ids 1..=count (etcd 3.4 takes
+/// the client's ids).
+async fn etcd_watch_stream(
+    channel: Channel,
+    create: WatchCreateRequest,
+    count: usize,
+    writes: usize,
+    deadline: Instant,
+    ready: &AtomicUsize,
+) -> Vec<Vec<(u64, Instant)>> {
+    // The request stream stays open (a closed send side cancels etcd's watches).
+    let (tx, rx) = tokio::sync::mpsc::channel(count);
+    for id in 1..=count as i64 {
+        let create = WatchCreateRequest {
+            watch_id: id,
+            ..create.clone()
+        };
+        let _ = tx
+            .send(crate::proto::etcd::WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+            })
+            .await;
+    }
+    let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let Ok(response) = EtcdWatchClient::new(channel).watch(outbound).await else {
+        Tally::new(count, writes, ready).give_up();
+        return vec![Vec::new(); count];
+    };
+    let received = read_multiplexed(
+        response.into_inner(),
+        count,
+        writes,
+        deadline,
+        ready,
+        |msg: &crate::proto::etcd::WatchResponse, revisions| {
+            revisions.extend(
+                msg.events
+                    .iter()
+                    .filter_map(|e| e.kv.as_ref())
+                    .map(|kv| kv.mod_revision as u64),
+            );
+            Header {
+                index: usize::try_from(msg.watch_id)
+                    .ok()
+                    .and_then(|id| id.checked_sub(1)),
+                created: msg.created,
+                canceled: msg.canceled,
+            }
+        },
+    )
+    .await;
+    drop(tx);
+    received
 }
 
 /// Runs `bowline bench watch`.
@@ -379,6 +600,7 @@ pub async fn run(args: &WatchBenchArgs) -> anyhow::Result<()> {
             writes: run_args_writes,
             rate: args.rate,
             connections: args.connections,
+            per_stream: args.per_stream,
             etcd_endpoints: Vec::new(),
             no_etcd: args.no_etcd,
             common: args.common.clone(),
@@ -390,9 +612,10 @@ pub async fn run(args: &WatchBenchArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "{:<8} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>8}",
+        "{:<8} {:>9} {:>10} {:>7} {:>12} {:>12} {:>12} {:>12} {:>8}",
         "SYSTEM",
         "WATCHERS",
+        "PER STREAM",
         "WRITES",
         "WRITE P99",
         "DELIV P50",
@@ -402,9 +625,10 @@ pub async fn run(args: &WatchBenchArgs) -> anyhow::Result<()> {
     );
     for r in &results {
         println!(
-            "{:<8} {:>9} {:>7} {:>10.2}ms {:>10.2}ms {:>10.2}ms {:>10.2}ms {:>8}",
+            "{:<8} {:>9} {:>10} {:>7} {:>10.2}ms {:>10.2}ms {:>10.2}ms {:>10.2}ms {:>8}",
             r.system.to_string(),
             r.watchers,
+            r.per_stream,
             r.writes,
             r.write_latency.p99_ms,
             r.delivery.p50_ms,
