@@ -278,9 +278,11 @@ impl Multiplexer {
         };
         let watch_id = *watch_id;
         WatchGroup::unlist(&watch.sub.shared);
+        // A watch with more to send goes behind the others, so that one watch's listing or
+        // replay does not hold up every other watch on the stream.
         if let Some(mut response) = watch.initial.pop_front() {
             response.watch_id = watch_id;
-            self.pending.push_front(slot);
+            self.pending.push_back(slot);
             return Some(response);
         }
         match drain_events(
@@ -292,7 +294,7 @@ impl Multiplexer {
             Drained::Events { mut response, more } => {
                 watch.sent = true;
                 if more {
-                    self.pending.push_front(slot);
+                    self.pending.push_back(slot);
                 }
                 response.watch_id = watch_id;
                 Some(response)
