@@ -633,6 +633,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_watch_with_a_backlog_takes_turns_with_the_others() {
+        let (hub, requests, mut stream) = start(HubConfig::default());
+        requests.unbounded_send(create(1, "web")).unwrap();
+        requests.unbounded_send(create(2, "db")).unwrap();
+        assert_eq!(take_ok(&mut stream, 2).await.len(), 2);
+        // Both watches idle, nothing owed: the stream has nothing to send.
+        let idle = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(idle.is_err(), "{idle:?}");
+        // More revisions than one response carries for "web", then one for "db".
+        for revision in 1..=300 {
+            hub.publish(revision, event("web"));
+        }
+        hub.publish(301, event("db"));
+        let got: Vec<(u64, usize)> = take_ok(&mut stream, 3)
+            .await
+            .iter()
+            .map(|r| (r.watch_id, r.events.len()))
+            .collect();
+        assert_eq!(got, [(1, 256), (2, 1), (1, 44)]);
+    }
+
+    #[tokio::test]
     async fn an_idle_watch_gets_progress_notices() {
         let (hub, requests, mut stream) = start(HubConfig::default());
         requests.unbounded_send(create(5, "web")).unwrap();
