@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Status;
@@ -26,6 +26,10 @@ use crate::telemetry::Metrics;
 
 /// Most live watches on one stream.
 pub const MAX_WATCHES_PER_STREAM: usize = 10_000;
+
+/// Under a steady flow of events, the client's requests are looked at after this many
+/// responses at the latest.
+const REQUESTS_EVERY: u32 = 64;
 
 /// How long an idle stream sleeps before it looks for watches owed a progress notice, when
 /// none of its watches asks for less.
@@ -141,6 +145,8 @@ struct Multiplexer {
     /// The node is shutting down: let every watch send its cancellation, then end.
     closing: bool,
     done: bool,
+    /// Responses sent since requests were last looked at.
+    sent_since_requests: u32,
 }
 
 impl Drop for Multiplexer {
@@ -351,6 +357,26 @@ impl Multiplexer {
             if let Some(answer) = self.answers.pop_front() {
                 return Some(Ok(answer));
             }
+            // Requests are otherwise read only when nothing is waiting to be sent; under a
+            // steady flood of events, look at them now and then so a cancel is not starved.
+            self.sent_since_requests += 1;
+            if self.sent_since_requests >= REQUESTS_EVERY && !self.closing {
+                self.sent_since_requests = 0;
+                if let Some(requests) = self.requests.as_mut() {
+                    match requests.next().now_or_never() {
+                        Some(Some(Ok(request))) => {
+                            self.handle(request);
+                            continue;
+                        }
+                        Some(Some(Err(_))) => self.done = true,
+                        Some(None) => self.requests = None,
+                        None => {}
+                    }
+                    if self.done {
+                        continue;
+                    }
+                }
+            }
             while let Some(slot) = self.pending.pop_front() {
                 if let Some(response) = self.drain(slot) {
                     return Some(Ok(response));
@@ -431,6 +457,7 @@ pub fn multiplex(
         closed,
         closing,
         done: false,
+        sent_since_requests: 0,
     };
     futures::stream::unfold(state, |mut state| async move {
         let item = state.next().await?;
@@ -652,6 +679,32 @@ mod tests {
             .map(|r| (r.watch_id, r.events.len()))
             .collect();
         assert_eq!(got, [(1, 256), (2, 1), (1, 44)]);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_is_read_while_events_keep_the_stream_busy() {
+        let (hub, requests, mut stream) = start(HubConfig::default());
+        for id in 1..=200 {
+            requests.unbounded_send(create(id, "web")).unwrap();
+        }
+        assert_eq!(take_ok(&mut stream, 200).await.len(), 200);
+        hub.publish(1, event("web"));
+        requests.unbounded_send(cancel(7)).unwrap();
+        let got = take_ok(&mut stream, 200).await;
+        let answered = got
+            .iter()
+            .position(|r| r.canceled && r.watch_id == 7)
+            .expect("the cancel is answered");
+        assert!(
+            answered < 199,
+            "answered only once every event was out: {answered}"
+        );
+        assert!(
+            !got[answered..]
+                .iter()
+                .any(|r| r.watch_id == 7 && !r.canceled),
+            "no event for a watch after its cancel"
+        );
     }
 
     #[tokio::test]
