@@ -235,7 +235,7 @@ pub async fn run_node(
         .cache_capacity(SLED_CACHE_BYTES)
         .open()
         .with_context(|| format!("open sled database in {}", config.data_dir.display()))?;
-    let metrics = Metrics::new(config.id);
+    let metrics = Metrics::new(config.id).context("register metrics")?;
     let log_store = FileLogStore::open(&config.data_dir.join("raft-log"), &db)
         .map_err(|e| anyhow::anyhow!("open raft log: {e}"))?;
     let state_machine = StateMachineStore::open_with(&db, config.watch.clone(), metrics.clone())

@@ -170,7 +170,8 @@ impl WatchService {
             ms => Duration::from_millis(u64::from(ms).clamp(100, 3_600_000)),
         };
         let hub = self.ctx.applied.hub().clone();
-        let (subscription, initial, position) = match request.start_revision {
+        let announce = group.is_some();
+        let (subscription, listed, position) = match request.start_revision {
             Some(0) => {
                 return Err(Status::invalid_argument(
                     "start_revision: must be at least 1 (omit it to list and watch)",
@@ -207,17 +208,13 @@ impl WatchService {
                 (sub, initial, revision)
             }
         };
-        let mut initial = initial;
-        if group.is_some() {
-            initial.insert(
-                0,
-                EncodedWatchResponse {
-                    header: self.ctx.header(position),
-                    created: true,
-                    ..EncodedWatchResponse::default()
-                },
-            );
-        }
+        // A watch of a WatchMany stream first says it is registered.
+        let created = announce.then(|| EncodedWatchResponse {
+            header: self.ctx.header(position),
+            created: true,
+            ..EncodedWatchResponse::default()
+        });
+        let initial = created.into_iter().chain(listed).collect();
         Ok(OpenedWatch {
             sub: subscription,
             initial,

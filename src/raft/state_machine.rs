@@ -105,7 +105,9 @@ fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> S
 impl StateMachineStore {
     /// Opens the state trees with default watch limits (for tests and tools).
     pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
-        Self::open_with(db, HubConfig::default(), Metrics::new(0))
+        let metrics =
+            Metrics::new(0).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        Self::open_with(db, HubConfig::default(), metrics)
     }
 
     /// Opens the state trees and loads the applied state into memory; the watch hub starts

@@ -102,21 +102,18 @@ fn batch_buckets() -> Vec<f64> {
 }
 
 /// Registers `metric` and returns it. Both steps fail only on a programming error (an
-/// invalid or duplicate constant name, which every test that starts a node would hit),
-/// never on input or at run time, so they stop start-up instead of returning an error
-/// nobody could act on.
+/// invalid or duplicate constant name, which every test that starts a node would hit);
+/// the error stops start-up with a message rather than a panic.
 fn register<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     metric: prometheus::Result<M>,
-) -> M {
-    let metric = metric.expect("metric names, help and labels are valid constants");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
+) -> prometheus::Result<M> {
+    let metric = metric?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
     register(registry, IntGauge::new(name, help))
 }
 
@@ -125,20 +122,20 @@ fn histogram(
     name: &str,
     help: &str,
     buckets: Vec<f64>,
-) -> prometheus::Histogram {
+) -> prometheus::Result<prometheus::Histogram> {
     register(
         registry,
         prometheus::Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
     )
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
     register(registry, IntCounter::new(name, help))
 }
 
 impl Metrics {
     /// Creates and registers every metric.
-    pub fn new(node_id: u64) -> Self {
+    pub fn new(node_id: u64) -> prometheus::Result<Self> {
         let registry = Registry::new_custom(
             Some("bowline".to_string()),
             Some(
@@ -146,8 +143,7 @@ impl Metrics {
                     .into_iter()
                     .collect(),
             ),
-        )
-        .expect("valid registry");
+        )?;
         let api_requests = register(
             &registry,
             IntCounterVec::new(
@@ -157,7 +153,7 @@ impl Metrics {
                 ),
                 &["method", "code"],
             ),
-        );
+        )?;
         let api_latency = register(
             &registry,
             HistogramVec::new(
@@ -168,7 +164,7 @@ impl Metrics {
                 .buckets(request_buckets()),
                 &["method"],
             ),
-        );
+        )?;
         let watch_cancellations = register(
             &registry,
             IntCounterVec::new(
@@ -178,14 +174,14 @@ impl Metrics {
                 ),
                 &["reason"],
             ),
-        );
+        )?;
         let health_probes = register(
             &registry,
             IntCounterVec::new(
                 Opts::new("health_probes_total", "Health probes by kind and result"),
                 &["kind", "result"],
             ),
-        );
+        )?;
         let health_probe_duration = register(
             &registry,
             HistogramVec::new(
@@ -196,7 +192,7 @@ impl Metrics {
                 .buckets(request_buckets()),
                 &["kind"],
             ),
-        );
+        )?;
         let health_schedule_lag = histogram(
             &registry,
             "health_schedule_lag_seconds",
@@ -204,7 +200,7 @@ impl Metrics {
             vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ],
-        );
+        )?;
         let watch_send_lag = histogram(
             &registry,
             "watch_send_lag_seconds",
@@ -212,19 +208,19 @@ impl Metrics {
             vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ],
-        );
+        )?;
         let raft_proposal_commands = histogram(
             &registry,
             "raft_proposal_commands",
             "Client writes packed into each Raft entry this node proposed as leader",
             batch_buckets(),
-        );
+        )?;
         let read_index_batch_reads = histogram(
             &registry,
             "read_index_batch_reads",
             "Linearizable reads on this node that shared one read-index request",
             batch_buckets(),
-        );
+        )?;
         let read_index_confirmations = register(
             &registry,
             IntCounterVec::new(
@@ -234,7 +230,7 @@ impl Metrics {
                 ),
                 &["via"],
             ),
-        );
+        )?;
         let health_transitions = register(
             &registry,
             IntCounterVec::new(
@@ -244,28 +240,28 @@ impl Metrics {
                 ),
                 &["status"],
             ),
-        );
+        )?;
         let xds_streams = register(
             &registry,
             prometheus::IntGaugeVec::new(
                 Opts::new("xds_streams", "xDS streams open, by protocol variant"),
                 &["stream"],
             ),
-        );
+        )?;
         let xds_pushes = register(
             &registry,
             IntCounterVec::new(
                 Opts::new("xds_pushes_total", "xDS responses sent, by type"),
                 &["type"],
             ),
-        );
+        )?;
         let xds_nacks = register(
             &registry,
             IntCounterVec::new(
                 Opts::new("xds_nacks_total", "xDS NACKs received, by type"),
                 &["type"],
             ),
-        );
+        )?;
         let latency_buckets = vec![
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
@@ -274,14 +270,14 @@ impl Metrics {
             "xds_push_latency_seconds",
             "State change to xDS response sent",
             latency_buckets.clone(),
-        );
+        )?;
         let xds_ack_latency = histogram(
             &registry,
             "xds_ack_latency_seconds",
             "xDS response sent to its ACK",
             latency_buckets,
-        );
-        Self {
+        )?;
+        Ok(Self {
             xds_streams,
             xds_pushes,
             xds_nacks,
@@ -291,7 +287,7 @@ impl Metrics {
                 &registry,
                 "xds_build_errors_total",
                 "xDS snapshots that failed translation or the consistency check",
-            ),
+            )?,
             health_probes,
             health_probe_duration,
             health_schedule_lag,
@@ -304,91 +300,91 @@ impl Metrics {
                 &registry,
                 "health_prober_active",
                 "1 while this node runs the health prober",
-            ),
+            )?,
             health_targets: gauge(
                 &registry,
                 "health_targets",
                 "Endpoints the health prober watches",
-            ),
+            )?,
             health_stale_batches: counter(
                 &registry,
                 "health_stale_batches_total",
                 "Health batches refused because a newer prober claimed probing",
-            ),
-            watch_active: gauge(&registry, "watch_active", "Watch streams open on this node"),
+            )?,
+            watch_active: gauge(&registry, "watch_active", "Watch streams open on this node")?,
             watch_events_sent: counter(
                 &registry,
                 "watch_events_sent_total",
                 "Events sent to watchers",
-            ),
+            )?,
             watch_progress_notices: counter(
                 &registry,
                 "watch_progress_notices_total",
                 "Progress notices sent",
-            ),
+            )?,
             watch_cancellations,
             watch_history_events: gauge(
                 &registry,
                 "watch_history_events",
                 "Events in the watch history",
-            ),
+            )?,
             watch_history_bytes: gauge(
                 &registry,
                 "watch_history_bytes",
                 "Bytes in the watch history",
-            ),
+            )?,
             watch_history_oldest: gauge(
                 &registry,
                 "watch_history_oldest_revision",
                 "Oldest revision a watch can start from",
-            ),
+            )?,
             api_requests,
             api_latency,
-            raft_term: gauge(&registry, "raft_term", "Current Raft term"),
+            raft_term: gauge(&registry, "raft_term", "Current Raft term")?,
             raft_leader: gauge(
                 &registry,
                 "raft_leader_id",
                 "Current leader id, 0 when unknown",
-            ),
-            raft_is_leader: gauge(&registry, "raft_is_leader", "1 when this node leads"),
+            )?,
+            raft_is_leader: gauge(&registry, "raft_is_leader", "1 when this node leads")?,
             raft_last_log_index: gauge(
                 &registry,
                 "raft_last_log_index",
                 "Index of the last log entry",
-            ),
+            )?,
             raft_applied_index: gauge(
                 &registry,
                 "raft_applied_index",
                 "Index of the last applied log entry",
-            ),
+            )?,
             raft_snapshot_index: gauge(
                 &registry,
                 "raft_snapshot_index",
                 "Index of the last snapshot",
-            ),
+            )?,
             raft_purged_index: gauge(
                 &registry,
                 "raft_purged_index",
                 "Index of the last purged log entry",
-            ),
+            )?,
             raft_apply_lag: gauge(
                 &registry,
                 "raft_apply_lag",
                 "Log entries present but not yet applied",
-            ),
+            )?,
             raft_leader_changes: counter(
                 &registry,
                 "raft_leader_changes_total",
                 "Leader changes seen by this node",
-            ),
+            )?,
             raft_elections_won: counter(
                 &registry,
                 "raft_elections_won_total",
                 "Elections this node won",
-            ),
-            store_objects: gauge(&registry, "store_objects", "Objects in the applied state"),
+            )?,
+            store_objects: gauge(&registry, "store_objects", "Objects in the applied state")?,
             registry,
-        }
+        })
     }
 
     /// The Prometheus text exposition of every metric.

@@ -457,7 +457,7 @@ mod tests {
     }
 
     fn hub(config: HubConfig) -> WatchHub {
-        WatchHub::new(config, 0, Metrics::new(1))
+        WatchHub::new(config, 0, Metrics::new(1).unwrap())
     }
 
     #[test]

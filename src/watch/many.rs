@@ -160,7 +160,8 @@ impl Drop for Multiplexer {
 }
 
 impl Multiplexer {
-    fn refuse(&mut self, watch_id: u64, status: &Status) {
+    /// Queues the last answer for `watch_id`: refused, cancelled by the client, or unknown.
+    fn answer_canceled(&mut self, watch_id: u64, status: &Status) {
         self.answers.push_back(canceled_response(watch_id, status));
     }
 
@@ -179,13 +180,13 @@ impl Multiplexer {
             Some(watch_many_request::Request::Create(create)) => {
                 let id = create.watch_id;
                 if id == 0 {
-                    return self.refuse(
+                    return self.answer_canceled(
                         id,
                         &Status::invalid_argument("watch_id: must be at least 1"),
                     );
                 }
                 if self.ids.contains_key(&id) {
-                    return self.refuse(
+                    return self.answer_canceled(
                         id,
                         &Status::invalid_argument(format!(
                             "watch_id: {id} is already in use on this stream"
@@ -193,7 +194,7 @@ impl Multiplexer {
                     );
                 }
                 if self.ids.len() >= MAX_WATCHES_PER_STREAM {
-                    return self.refuse(
+                    return self.answer_canceled(
                         id,
                         &Status::resource_exhausted(format!(
                             "watch_id: this stream already carries {MAX_WATCHES_PER_STREAM} watches; open another stream"
@@ -227,9 +228,9 @@ impl Multiplexer {
                         Status::not_found(format!("watch_id: no live watch {id} on this stream"))
                     }
                 };
-                self.refuse(id, &status);
+                self.answer_canceled(id, &status);
             }
-            None => self.refuse(
+            None => self.answer_canceled(
                 0,
                 &Status::invalid_argument("request: must be create or cancel"),
             ),
@@ -268,7 +269,7 @@ impl Multiplexer {
             Err(status) => {
                 let watch_id = self.slots[slot].as_ref().map_or(0, |s| s.watch_id);
                 self.release(slot);
-                self.refuse(watch_id, &status);
+                self.answer_canceled(watch_id, &status);
             }
         }
     }
@@ -532,7 +533,7 @@ mod tests {
         std::pin::Pin<Box<dyn Stream<Item = Result<EncodedWatchResponse, Status>> + Send>>;
 
     fn start(config: HubConfig) -> (Arc<WatchHub>, Requests, Responses) {
-        let hub = Arc::new(WatchHub::new(config, 0, Metrics::new(1)));
+        let hub = Arc::new(WatchHub::new(config, 0, Metrics::new(1).unwrap()));
         let (requests, rx) = futures::channel::mpsc::unbounded();
         let header: HeaderFn = Arc::new(|_| None);
         let stream = multiplex(
@@ -540,7 +541,7 @@ mod tests {
             hub.clone(),
             opener(hub.clone()),
             header,
-            Metrics::new(1),
+            Metrics::new(1).unwrap(),
         );
         (hub, requests, Box::pin(stream))
     }
