@@ -49,10 +49,10 @@ pub enum VersionedCommand {
 }
 
 impl VersionedCommand {
-    /// The commands, in the order they apply.
-    pub fn commands(&self) -> &[Command] {
+    /// The commands, in the order they apply, owned (to move them into the state).
+    pub fn into_commands(self) -> Vec<Command> {
         match self {
-            VersionedCommand::V1(command) => std::slice::from_ref(command),
+            VersionedCommand::V1(command) => vec![command],
             VersionedCommand::Batch(commands) => commands,
         }
     }

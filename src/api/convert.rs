@@ -46,7 +46,12 @@ fn namespace_or_default(ns: &str) -> String {
     }
 }
 
-fn sorted(map: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+fn sorted(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    map.into_iter().collect()
+}
+
+/// A model map as a message map, copied entry by entry (no intermediate `BTreeMap`).
+fn to_message_map(map: &BTreeMap<String, String>) -> std::collections::HashMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
@@ -86,8 +91,8 @@ pub fn service_from_proto(s: Option<pb::Service>) -> Result<Service, ValidationE
         name: s.name,
         namespace: namespace_or_default(&s.namespace),
         ports,
-        labels: sorted(&s.labels),
-        metadata: sorted(&s.metadata),
+        labels: sorted(s.labels),
+        metadata: sorted(s.metadata),
         depends_on: s.depends_on,
     };
     service.validate().map_err(|e| in_request("service", e))?;
@@ -109,8 +114,8 @@ pub fn service_to_proto(s: &Stored<Service>) -> pb::Service {
                 protocol: p.protocol.to_string(),
             })
             .collect(),
-        labels: s.value.labels.clone().into_iter().collect(),
-        metadata: s.value.metadata.clone().into_iter().collect(),
+        labels: to_message_map(&s.value.labels),
+        metadata: to_message_map(&s.value.metadata),
         depends_on: s.value.depends_on.clone(),
         create_revision: s.create_revision,
         mod_revision: s.mod_revision,
@@ -172,7 +177,7 @@ pub fn endpoint_from_proto(
         namespace: namespace_or_default(&e.namespace),
         address: e.address,
         port: e.port,
-        labels: sorted(&e.labels),
+        labels: sorted(e.labels),
         locality: Locality {
             region: locality.region,
             zone: locality.zone,
@@ -198,7 +203,7 @@ pub fn endpoint_to_proto(e: &Stored<Endpoint>) -> pb::Endpoint {
         namespace: v.namespace.clone(),
         address: v.address.clone(),
         port: v.port,
-        labels: v.labels.clone().into_iter().collect(),
+        labels: to_message_map(&v.labels),
         locality: Some(pb::Locality {
             region: v.locality.region.clone(),
             zone: v.locality.zone.clone(),

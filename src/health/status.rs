@@ -137,7 +137,7 @@ mod tests {
             endpoint("web", "c", HealthStatus::Unhealthy),
             endpoint("db", "d", HealthStatus::Unhealthy),
         ];
-        for (i, c) in commands.iter().enumerate() {
+        for (i, c) in commands.into_iter().enumerate() {
             apply_command(&mut state, i as u64 + 1, c).0.unwrap();
         }
         let h = service_health(&state, "default", "web");
@@ -148,10 +148,10 @@ mod tests {
             vec!["db".to_string(), "cache".to_string()]
         );
 
-        apply_command(&mut state, 10, &endpoint("web", "b", HealthStatus::Unknown))
+        apply_command(&mut state, 10, endpoint("web", "b", HealthStatus::Unknown))
             .0
             .unwrap();
-        apply_command(&mut state, 11, &endpoint("db", "d", HealthStatus::Healthy))
+        apply_command(&mut state, 11, endpoint("db", "d", HealthStatus::Healthy))
             .0
             .unwrap();
         let h = service_health(&state, "default", "web");

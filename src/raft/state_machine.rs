@@ -248,7 +248,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let result = match entry.payload {
                     EntryPayload::Blank => Vec::new(),
                     EntryPayload::Normal(proposal) => {
-                        let commands = proposal.command.commands();
+                        let commands = proposal.command.into_commands();
                         let mut results = Vec::with_capacity(commands.len());
                         for command in commands {
                             // Every change takes the next revision, so the commands of one

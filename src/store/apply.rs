@@ -3,6 +3,8 @@
 //! Inputs are the revision a change takes and the command; there is no
 //! clock, randomness or I/O here, so every replica computes the same result and changes.
 
+use std::collections::btree_map::Entry;
+
 use super::{RegistryState, StateKey, Stored, StoredConfig, StoredObject};
 use crate::command::{Applied, ApplyError, Command, CommandResult};
 use crate::model::{ConfigKind, ConfigSpec, Health, HealthStatus};
@@ -24,9 +26,11 @@ pub struct Change {
 /// `expected = None` always passes; `Some(0)` demands that the object not exist (create only);
 /// `Some(r)` demands that it exist with `mod_revision == r`. This mirrors etcd's `Compare` on
 /// `mod_revision` with `create_revision == 0` meaning absent.
+///
+/// `key` names the object in the error; it is only built when the guard fails.
 pub fn check_revision(
     kind: &str,
-    key: &str,
+    key: impl FnOnce() -> String,
     expected: Option<u64>,
     current: Option<u64>,
 ) -> Result<(), ApplyError> {
@@ -35,7 +39,7 @@ pub fn check_revision(
         Some(expected) if expected == current.unwrap_or(0) => Ok(()),
         Some(expected) => Err(ApplyError::RevisionMismatch {
             kind: kind.to_string(),
-            key: key.to_string(),
+            key: key(),
             expected,
             current: current.unwrap_or(0),
         }),
@@ -44,10 +48,13 @@ pub fn check_revision(
 
 /// Applies `command` at `revision` (the store revision after it, if it changes anything).
 /// On error the state is untouched and no change is returned.
+///
+/// The command is taken by value so that the objects it carries move into the state
+/// instead of being copied: apply runs on every node for every write.
 pub fn apply_command(
     state: &mut RegistryState,
     revision: u64,
-    command: &Command,
+    command: Command,
 ) -> (CommandResult, Vec<Change>) {
     match apply_inner(state, revision, command) {
         Ok((applied, changes)) => {
@@ -63,7 +70,7 @@ pub fn apply_command(
 fn apply_inner(
     state: &mut RegistryState,
     revision: u64,
-    command: &Command,
+    command: Command,
 ) -> Result<(Applied, Vec<Change>), ApplyError> {
     match command {
         Command::RegisterService {
@@ -71,26 +78,39 @@ fn apply_inner(
             expected_revision,
         } => {
             let key = (service.namespace.clone(), service.name.clone());
-            let existing = state.services.get(&key);
+            let change_key = StateKey::Service(key.0.clone(), key.1.clone());
+            // One search of the map for both the guard and the write.
+            let slot = state.services.entry(key);
+            let existing = match &slot {
+                Entry::Occupied(o) => Some(o.get()),
+                Entry::Vacant(_) => None,
+            };
             check_revision(
                 "service",
-                &format!("{}/{}", key.0, key.1),
-                *expected_revision,
+                || format!("{}/{}", service.namespace, service.name),
+                expected_revision,
                 existing.map(|s| s.mod_revision),
             )?;
             let stored = Stored {
-                value: service.clone(),
                 create_revision: existing.map_or(revision, |s| s.create_revision),
+                value: service,
                 mod_revision: revision,
             };
-            state.services.insert(key.clone(), stored.clone());
+            match slot {
+                Entry::Occupied(mut o) => {
+                    o.insert(stored.clone());
+                }
+                Entry::Vacant(v) => {
+                    v.insert(stored.clone());
+                }
+            }
             Ok((
                 Applied::Service {
                     service: stored,
                     endpoints_removed: 0,
                 },
                 vec![Change {
-                    key: StateKey::Service(key.0, key.1),
+                    key: change_key,
                     removed: None,
                 }],
             ))
@@ -100,27 +120,28 @@ fn apply_inner(
             name,
             expected_revision,
         } => {
-            let key = (namespace.clone(), name.clone());
-            let display = format!("{namespace}/{name}");
+            let key = (namespace, name);
+            let display = || format!("{}/{}", key.0, key.1);
             let Some(existing) = state.services.get(&key) else {
                 return Err(ApplyError::NotFound {
                     kind: "service".into(),
-                    key: display,
+                    key: display(),
                 });
             };
             check_revision(
                 "service",
-                &display,
-                *expected_revision,
+                display,
+                expected_revision,
                 Some(existing.mod_revision),
             )?;
             let Some(removed) = state.services.remove(&key) else {
                 return Err(ApplyError::NotFound {
                     kind: "service".into(),
-                    key: display,
+                    key: display(),
                 });
             };
-            let endpoint_keys = state.endpoints_of(namespace, name);
+            let (namespace, name) = key;
+            let endpoint_keys = state.endpoints_of(&namespace, &name);
             let mut changes = Vec::with_capacity(endpoint_keys.len() + 1);
             // Endpoints go first, so a watcher never sees an endpoint outlive its service.
             for ek in &endpoint_keys {
@@ -133,7 +154,7 @@ fn apply_inner(
                 });
             }
             changes.push(Change {
-                key: StateKey::Service(namespace.clone(), name.clone()),
+                key: StateKey::Service(namespace, name),
                 removed: Some(StoredObject::Service(removed.clone())),
             });
             Ok((
@@ -166,21 +187,17 @@ fn apply_inner(
             let existing = state.endpoints.get(&key);
             check_revision(
                 "endpoint",
-                &format!("{}/{}/{}", key.0, key.1, key.2),
-                *expected_revision,
+                || format!("{}/{}/{}", key.0, key.1, key.2),
+                expected_revision,
                 existing.map(|e| e.mod_revision),
             )?;
-            let mut value = endpoint.clone();
-            if *keep_health {
+            let mut value = endpoint;
+            if keep_health {
                 match existing {
                     Some(e) => value.health = e.value.health.clone(),
                     None => {
                         let initial = state
-                            .config(
-                                ConfigKind::HealthCheck,
-                                &endpoint.namespace,
-                                &endpoint.service,
-                            )
+                            .config(ConfigKind::HealthCheck, &value.namespace, &value.service)
                             .and_then(|c| match &c.stored.value {
                                 ConfigSpec::HealthCheck(h) => h.initial_status,
                                 _ => None,
@@ -213,24 +230,24 @@ fn apply_inner(
             id,
             expected_revision,
         } => {
+            let display = || format!("{namespace}/{service}/{id}");
             let key = (namespace.clone(), service.clone(), id.clone());
-            let display = format!("{namespace}/{service}/{id}");
             let Some(existing) = state.endpoints.get(&key) else {
                 return Err(ApplyError::NotFound {
                     kind: "endpoint".into(),
-                    key: display,
+                    key: display(),
                 });
             };
             check_revision(
                 "endpoint",
-                &display,
-                *expected_revision,
+                display,
+                expected_revision,
                 Some(existing.mod_revision),
             )?;
             let Some(removed) = state.endpoints.remove(&key) else {
                 return Err(ApplyError::NotFound {
                     kind: "endpoint".into(),
-                    key: display,
+                    key: display(),
                 });
             };
             Ok((
@@ -252,15 +269,15 @@ fn apply_inner(
             let existing = state.configs.get(&key);
             check_revision(
                 kind.as_str(),
-                &format!("{namespace}/{name}"),
-                *expected_revision,
+                || format!("{namespace}/{name}"),
+                expected_revision,
                 existing.map(|c| c.stored.mod_revision),
             )?;
             let stored = StoredConfig {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 stored: Stored {
-                    value: spec.clone(),
+                    value: spec,
                     create_revision: existing.map_or(revision, |c| c.stored.create_revision),
                     mod_revision: revision,
                 },
@@ -269,7 +286,7 @@ fn apply_inner(
             Ok((
                 Applied::Config(stored),
                 vec![Change {
-                    key: StateKey::Config(kind, namespace.clone(), name.clone()),
+                    key: StateKey::Config(kind, namespace, name),
                     removed: None,
                 }],
             ))
@@ -280,30 +297,30 @@ fn apply_inner(
             name,
             expected_revision,
         } => {
-            let key = (*kind, namespace.clone(), name.clone());
-            let display = format!("{namespace}/{name}");
+            let display = || format!("{namespace}/{name}");
+            let key = (kind, namespace.clone(), name.clone());
             let Some(existing) = state.configs.get(&key) else {
                 return Err(ApplyError::NotFound {
                     kind: kind.as_str().to_string(),
-                    key: display,
+                    key: display(),
                 });
             };
             check_revision(
                 kind.as_str(),
-                &display,
-                *expected_revision,
+                display,
+                expected_revision,
                 Some(existing.stored.mod_revision),
             )?;
             let Some(removed) = state.configs.remove(&key) else {
                 return Err(ApplyError::NotFound {
                     kind: kind.as_str().to_string(),
-                    key: display,
+                    key: display(),
                 });
             };
             Ok((
                 Applied::Config(removed.clone()),
                 vec![Change {
-                    key: StateKey::Config(*kind, namespace.clone(), name.clone()),
+                    key: StateKey::Config(kind, namespace, name),
                     removed: Some(StoredObject::Config(removed)),
                 }],
             ))
@@ -312,13 +329,13 @@ fn apply_inner(
             // A term has one leader, so an equal claim can only come from that leader again:
             // restarted quickly, it keeps its term (openraft restores its vote) and must be
             // able to resume probing. Only older terms are fenced out.
-            if *term < state.prober_term {
+            if term < state.prober_term {
                 return Err(ApplyError::FailedPrecondition(format!(
                     "prober term {term} is older than the current claim {}",
                     state.prober_term
                 )));
             }
-            state.prober_term = *term;
+            state.prober_term = term;
             Ok((Applied::Nothing, Vec::new()))
         }
         Command::ApplyHealth {
@@ -326,7 +343,7 @@ fn apply_inner(
             transitions,
             removals,
         } => {
-            if *term != state.prober_term {
+            if term != state.prober_term {
                 // A deposed leader's results: a newer leader has claimed probing.
                 return Err(ApplyError::FailedPrecondition(format!(
                     "health results from prober term {term}, but term {} now probes",
@@ -346,7 +363,7 @@ fn apply_inner(
                 stored.value.health = Health {
                     status: t.status,
                     since_ms: t.at_ms,
-                    reason: t.reason.clone(),
+                    reason: t.reason,
                 };
                 stored.mod_revision = revision;
                 applied_transitions += 1;
@@ -426,7 +443,7 @@ mod tests {
         apply_command(
             state,
             index,
-            &Command::RegisterService {
+            Command::RegisterService {
                 service: service(name),
                 expected_revision: expected,
             },
@@ -479,7 +496,7 @@ mod tests {
         let (result, changes) = apply_command(
             &mut state,
             1,
-            &Command::UpsertEndpoint {
+            Command::UpsertEndpoint {
                 endpoint: endpoint("web", "a"),
                 expected_revision: None,
                 keep_health: false,
@@ -508,7 +525,7 @@ mod tests {
             apply_command(
                 &mut state,
                 3 + i as u64,
-                &Command::UpsertEndpoint {
+                Command::UpsertEndpoint {
                     endpoint: endpoint(svc, id),
                     expected_revision: None,
                     keep_health: false,
@@ -520,7 +537,7 @@ mod tests {
         let (result, changes) = apply_command(
             &mut state,
             10,
-            &Command::DeregisterService {
+            Command::DeregisterService {
                 namespace: "default".into(),
                 name: "web".into(),
                 expected_revision: None,
@@ -544,7 +561,7 @@ mod tests {
         let (result, _) = apply_command(
             &mut state,
             1,
-            &Command::RemoveEndpoint {
+            Command::RemoveEndpoint {
                 namespace: "default".into(),
                 service: "web".into(),
                 id: "a".into(),
@@ -571,7 +588,7 @@ mod tests {
         apply_command(
             &mut state,
             2,
-            &Command::UpsertEndpoint {
+            Command::UpsertEndpoint {
                 endpoint: endpoint("web", "a"),
                 expected_revision: None,
                 keep_health: false,
@@ -585,13 +602,13 @@ mod tests {
     #[test]
     fn a_leader_restarted_in_its_own_term_may_claim_probing_again_but_an_older_term_may_not() {
         let mut state = RegistryState::default();
-        apply_command(&mut state, 1, &Command::ClaimProber { term: 4 })
+        apply_command(&mut state, 1, Command::ClaimProber { term: 4 })
             .0
             .unwrap();
         // The same leader, back within term 4 after a crash.
-        let (again, _) = apply_command(&mut state, 2, &Command::ClaimProber { term: 4 });
+        let (again, _) = apply_command(&mut state, 2, Command::ClaimProber { term: 4 });
         assert!(again.is_ok(), "{again:?}");
-        let (older, _) = apply_command(&mut state, 3, &Command::ClaimProber { term: 3 });
+        let (older, _) = apply_command(&mut state, 3, Command::ClaimProber { term: 3 });
         assert!(
             matches!(older, Err(ApplyError::FailedPrecondition(ref m)) if m.contains("older")),
             "{older:?}"
@@ -602,17 +619,17 @@ mod tests {
     #[test]
     fn health_from_a_deposed_prober_never_lands() {
         let mut state = with_endpoint();
-        apply_command(&mut state, 3, &Command::ClaimProber { term: 2 })
+        apply_command(&mut state, 3, Command::ClaimProber { term: 2 })
             .0
             .unwrap();
-        apply_command(&mut state, 4, &Command::ClaimProber { term: 3 })
+        apply_command(&mut state, 4, Command::ClaimProber { term: 3 })
             .0
             .unwrap();
         // The term-2 leader's results arrive after term 3 claimed probing: refused.
         let (result, changes) = apply_command(
             &mut state,
             5,
-            &Command::ApplyHealth {
+            Command::ApplyHealth {
                 term: 2,
                 transitions: vec![transition("a", HealthStatus::Unhealthy, 100)],
                 removals: vec![],
@@ -631,7 +648,7 @@ mod tests {
         );
         // An older claim cannot take probing back either.
         assert!(
-            apply_command(&mut state, 6, &Command::ClaimProber { term: 2 })
+            apply_command(&mut state, 6, Command::ClaimProber { term: 2 })
                 .0
                 .is_err()
         );
@@ -639,7 +656,7 @@ mod tests {
         let (result, changes) = apply_command(
             &mut state,
             7,
-            &Command::ApplyHealth {
+            Command::ApplyHealth {
                 term: 3,
                 transitions: vec![transition("a", HealthStatus::Unhealthy, 100)],
                 removals: vec![],
@@ -667,14 +684,14 @@ mod tests {
     #[test]
     fn a_removal_is_skipped_when_the_endpoint_recovered_meanwhile() {
         let mut state = with_endpoint();
-        apply_command(&mut state, 3, &Command::ClaimProber { term: 1 })
+        apply_command(&mut state, 3, Command::ClaimProber { term: 1 })
             .0
             .unwrap();
         let health = |state: &mut RegistryState, index, status, at| {
             apply_command(
                 state,
                 index,
-                &Command::ApplyHealth {
+                Command::ApplyHealth {
                     term: 1,
                     transitions: vec![transition("a", status, at)],
                     removals: vec![],
@@ -694,7 +711,7 @@ mod tests {
         let (result, _) = apply_command(
             &mut state,
             6,
-            &Command::ApplyHealth {
+            Command::ApplyHealth {
                 term: 1,
                 transitions: vec![],
                 removals: vec![removal.clone()],
@@ -706,7 +723,7 @@ mod tests {
         let (result, changes) = apply_command(
             &mut state,
             8,
-            &Command::ApplyHealth {
+            Command::ApplyHealth {
                 term: 1,
                 transitions: vec![],
                 removals: vec![crate::command::EndpointRemoval {
@@ -723,13 +740,13 @@ mod tests {
     #[test]
     fn re_registration_keeps_health_unless_the_client_sets_it() {
         let mut state = with_endpoint();
-        apply_command(&mut state, 3, &Command::ClaimProber { term: 1 })
+        apply_command(&mut state, 3, Command::ClaimProber { term: 1 })
             .0
             .unwrap();
         apply_command(
             &mut state,
             4,
-            &Command::ApplyHealth {
+            Command::ApplyHealth {
                 term: 1,
                 transitions: vec![transition("a", HealthStatus::Healthy, 100)],
                 removals: vec![],
@@ -742,7 +759,7 @@ mod tests {
         apply_command(
             &mut state,
             5,
-            &Command::UpsertEndpoint {
+            Command::UpsertEndpoint {
                 endpoint: moved,
                 expected_revision: None,
                 keep_health: true,

@@ -35,6 +35,29 @@ pub enum StoredObject {
     Config(StoredConfig),
 }
 
+/// A stored object borrowed from the state or a change: events and filters read it in
+/// place instead of copying it.
+#[derive(Debug, Clone, Copy)]
+pub enum ObjectRef<'a> {
+    /// A service.
+    Service(&'a Stored<crate::model::Service>),
+    /// An endpoint.
+    Endpoint(&'a Stored<crate::model::Endpoint>),
+    /// A config object.
+    Config(&'a StoredConfig),
+}
+
+impl StoredObject {
+    /// The object, borrowed.
+    pub fn borrowed(&self) -> ObjectRef<'_> {
+        match self {
+            StoredObject::Service(s) => ObjectRef::Service(s),
+            StoredObject::Endpoint(e) => ObjectRef::Endpoint(e),
+            StoredObject::Config(c) => ObjectRef::Config(c),
+        }
+    }
+}
+
 /// A typed config object with its key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredConfig {

@@ -6,7 +6,7 @@ use super::wire::encode_event_chunk;
 use crate::api::convert::{config_to_proto, endpoint_to_proto, service_to_proto};
 use crate::model::{ConfigKind, ValidationError};
 use crate::proto::v1 as pb;
-use crate::store::{Change, RegistryState, StateKey, StoredObject};
+use crate::store::{Change, ObjectRef, RegistryState, StateKey};
 
 /// The proto kind of a watch kind.
 pub fn kind_to_proto(kind: WatchKind) -> pb::ObjectKind {
@@ -35,17 +35,17 @@ pub fn kind_from_proto(kind: i32) -> Result<WatchKind, ValidationError> {
 }
 
 /// An event for `object`.
-pub fn event(object: &StoredObject, kind: pb::EventType, revision: u64) -> pb::Event {
+pub fn event(object: ObjectRef<'_>, kind: pb::EventType, revision: u64) -> pb::Event {
     let (object_kind, object) = match object {
-        StoredObject::Service(s) => (
+        ObjectRef::Service(s) => (
             pb::ObjectKind::Service,
             pb::event::Object::Service(service_to_proto(s)),
         ),
-        StoredObject::Endpoint(e) => (
+        ObjectRef::Endpoint(e) => (
             pb::ObjectKind::Endpoint,
             pb::event::Object::Endpoint(endpoint_to_proto(e)),
         ),
-        StoredObject::Config(c) => (
+        ObjectRef::Config(c) => (
             kind_to_proto(WatchKind::Config(c.stored.value.kind())),
             pb::event::Object::Config(config_to_proto(c)),
         ),
@@ -58,17 +58,20 @@ pub fn event(object: &StoredObject, kind: pb::EventType, revision: u64) -> pb::E
     }
 }
 
-fn current(state: &RegistryState, key: &StateKey) -> Option<StoredObject> {
+fn current<'a>(state: &'a RegistryState, key: &StateKey) -> Option<ObjectRef<'a>> {
     match key {
-        StateKey::Service(ns, name) => state.service(ns, name).cloned().map(StoredObject::Service),
+        StateKey::Service(ns, name) => state
+            .services
+            .get(&(ns.clone(), name.clone()))
+            .map(ObjectRef::Service),
         StateKey::Endpoint(ns, svc, id) => state
-            .endpoint(ns, svc, id)
-            .cloned()
-            .map(StoredObject::Endpoint),
+            .endpoints
+            .get(&(ns.clone(), svc.clone(), id.clone()))
+            .map(ObjectRef::Endpoint),
         StateKey::Config(kind, ns, name) => state
-            .config(*kind, ns, name)
-            .cloned()
-            .map(StoredObject::Config),
+            .configs
+            .get(&(*kind, ns.clone(), name.clone()))
+            .map(ObjectRef::Config),
     }
 }
 
@@ -82,12 +85,12 @@ pub fn published_events(
         .iter()
         .filter_map(|change| {
             let (object, kind) = match &change.removed {
-                Some(removed) => (removed.clone(), pb::EventType::Delete),
+                Some(removed) => (removed.borrowed(), pb::EventType::Delete),
                 None => (current(state, &change.key)?, pb::EventType::Put),
             };
             Some(PublishedEvent {
-                meta: ObjectMeta::of(&object),
-                chunk: encode_event_chunk(&event(&object, kind, revision)),
+                meta: ObjectMeta::of(object),
+                chunk: encode_event_chunk(&event(object, kind, revision)),
             })
         })
         .collect()
@@ -101,7 +104,7 @@ pub fn listing(state: &RegistryState, filter: &WatchFilter) -> Vec<pb::Event> {
         for s in state.services.values() {
             if filter.matches(&ObjectMeta::of_service(s)) {
                 out.push(event(
-                    &StoredObject::Service(s.clone()),
+                    ObjectRef::Service(s),
                     pb::EventType::Put,
                     s.mod_revision,
                 ));
@@ -112,7 +115,7 @@ pub fn listing(state: &RegistryState, filter: &WatchFilter) -> Vec<pb::Event> {
         for e in state.endpoints.values() {
             if filter.matches(&ObjectMeta::of_endpoint(e)) {
                 out.push(event(
-                    &StoredObject::Endpoint(e.clone()),
+                    ObjectRef::Endpoint(e),
                     pb::EventType::Put,
                     e.mod_revision,
                 ));
@@ -122,7 +125,7 @@ pub fn listing(state: &RegistryState, filter: &WatchFilter) -> Vec<pb::Event> {
     for c in state.configs.values() {
         if filter.matches(&ObjectMeta::of_config(c)) {
             out.push(event(
-                &StoredObject::Config(c.clone()),
+                ObjectRef::Config(c),
                 pb::EventType::Put,
                 c.stored.mod_revision,
             ));

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::ConfigKind;
-use crate::store::{Stored, StoredConfig, StoredObject};
+use crate::store::{ObjectRef, Stored, StoredConfig};
 
 /// Kinds of objects a watch can select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,11 +34,11 @@ pub struct ObjectMeta {
 
 impl ObjectMeta {
     /// Facts of a stored object.
-    pub fn of(object: &StoredObject) -> ObjectMeta {
+    pub fn of(object: ObjectRef<'_>) -> ObjectMeta {
         match object {
-            StoredObject::Service(s) => Self::of_service(s),
-            StoredObject::Endpoint(e) => Self::of_endpoint(e),
-            StoredObject::Config(c) => Self::of_config(c),
+            ObjectRef::Service(s) => Self::of_service(s),
+            ObjectRef::Endpoint(e) => Self::of_endpoint(e),
+            ObjectRef::Config(c) => Self::of_config(c),
         }
     }
 

@@ -1158,7 +1158,7 @@ mod tests {
 
     fn apply(state: &mut RegistryState, command: Command) {
         let index = state.revision + 1;
-        apply_command(state, index, &command).0.unwrap();
+        apply_command(state, index, command).0.unwrap();
     }
 
     fn service(state: &mut RegistryState, ns: &str, name: &str, ports: &[(u32, Protocol)]) {
