@@ -678,6 +678,20 @@ async fn watch_many_multiplexes_listing_live_refused_and_cancelled_watches_on_on
     assert!(got.iter().all(|r| r.watch_id == 1), "{got:?}");
     assert_eq!(got.last().unwrap().events[0].revision, alpha);
 
+    // The node counts the stream once and its remaining live watch once.
+    let metrics = http_get(&cluster.nodes[2].admin_addr, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap();
+    let sample = |name: &str| -> Option<i64> {
+        metrics
+            .lines()
+            .find(|l| l.split([' ', '{']).next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(sample("bowline_watch_many_streams"), Some(1), "{metrics}");
+    assert_eq!(sample("bowline_watch_active"), Some(1), "{metrics}");
+
     // The node stopping ends watch 1 with where to resume, then the stream itself.
     let reader = tokio::spawn(async move {
         let mut rest = Vec::new();

@@ -37,8 +37,10 @@ pub struct Metrics {
     pub raft_elections_won: IntCounter,
     /// Objects in the applied state.
     pub store_objects: IntGauge,
-    /// Watch streams open on this node.
+    /// Watches open on this node (each watch of a `WatchMany` stream counts).
     pub watch_active: IntGauge,
+    /// `WatchMany` streams open on this node.
+    pub watch_many_streams: IntGauge,
     /// Events sent to watchers.
     pub watch_events_sent: IntCounter,
     /// Progress notices sent to idle watchers.
@@ -311,7 +313,16 @@ impl Metrics {
                 "health_stale_batches_total",
                 "Health batches refused because a newer prober claimed probing",
             )?,
-            watch_active: gauge(&registry, "watch_active", "Watch streams open on this node")?,
+            watch_active: gauge(
+                &registry,
+                "watch_active",
+                "Watches open on this node (each watch of a WatchMany stream counts)",
+            )?,
+            watch_many_streams: gauge(
+                &registry,
+                "watch_many_streams",
+                "WatchMany streams open on this node",
+            )?,
             watch_events_sent: counter(
                 &registry,
                 "watch_events_sent_total",

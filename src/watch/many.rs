@@ -151,6 +151,7 @@ struct Multiplexer {
 
 impl Drop for Multiplexer {
     fn drop(&mut self) {
+        self.metrics.watch_many_streams.dec();
         for slot in self.slots.iter().flatten() {
             if let SlotState::Live(watch) = &slot.state {
                 self.hub.unsubscribe(watch.sub.id);
@@ -438,6 +439,8 @@ pub fn multiplex(
 ) -> impl Stream<Item = Result<EncodedWatchResponse, Status>> + Send + 'static {
     let closed = hub.closed();
     let closing = *closed.borrow();
+    // Counted down when the stream's state is dropped: at its end or when the client goes.
+    metrics.watch_many_streams.inc();
     let state = Multiplexer {
         requests: Some(requests),
         hub,
@@ -534,6 +537,11 @@ mod tests {
 
     fn start(config: HubConfig) -> (Arc<WatchHub>, Requests, Responses) {
         let hub = Arc::new(WatchHub::new(config, 0, Metrics::new(1).unwrap()));
+        let (requests, stream) = open_stream(&hub, Metrics::new(1).unwrap());
+        (hub, requests, stream)
+    }
+
+    fn open_stream(hub: &Arc<WatchHub>, metrics: Metrics) -> (Requests, Responses) {
         let (requests, rx) = futures::channel::mpsc::unbounded();
         let header: HeaderFn = Arc::new(|_| None);
         let stream = multiplex(
@@ -541,9 +549,9 @@ mod tests {
             hub.clone(),
             opener(hub.clone()),
             header,
-            Metrics::new(1).unwrap(),
+            metrics,
         );
-        (hub, requests, Box::pin(stream))
+        (requests, Box::pin(stream))
     }
 
     async fn take(stream: &mut Responses, n: usize) -> Vec<Result<EncodedWatchResponse, Status>> {
@@ -605,6 +613,30 @@ mod tests {
             .collect();
         got.sort_unstable();
         assert_eq!(got, [(1, 1), (3, 1), (4, 1)]);
+    }
+
+    #[tokio::test]
+    async fn open_streams_are_counted_until_they_are_dropped() {
+        let hub = Arc::new(WatchHub::new(
+            HubConfig::default(),
+            0,
+            Metrics::new(1).unwrap(),
+        ));
+        let metrics = Metrics::new(1).unwrap();
+        let (requests_a, mut a) = open_stream(&hub, metrics.clone());
+        let (_requests_b, b) = open_stream(&hub, metrics.clone());
+        assert_eq!(metrics.watch_many_streams.get(), 2);
+        requests_a.unbounded_send(create(1, "web")).unwrap();
+        assert!(take_ok(&mut a, 1).await[0].created);
+        drop(b);
+        assert_eq!(metrics.watch_many_streams.get(), 1);
+        drop(a);
+        assert_eq!(metrics.watch_many_streams.get(), 0);
+        assert_eq!(
+            hub.watcher_count(),
+            0,
+            "the dropped stream's watch is unsubscribed"
+        );
     }
 
     #[tokio::test]
