@@ -62,11 +62,20 @@ async fn a_learner_catches_up_by_snapshot_is_promoted_and_a_member_is_removed() 
     assert_eq!(status.role, "learner");
 
     // Phase 3: promote it; it becomes a voter and serves linearizable reads.
-    client
+    let promoted = client
         .cluster_write(|mut c| async move { c.promote(pb::PromoteRequest { id: 4 }).await })
         .await
         .expect("promote");
     let status = cluster.status(leader_index).await.unwrap();
+    // The header carries the store revision (150 registrations, nothing since), and the
+    // change's own log entry is named separately.
+    let store_revision = status.header.as_ref().unwrap().revision;
+    assert_eq!(
+        promoted.header.as_ref().unwrap().revision,
+        store_revision,
+        "{promoted:?}"
+    );
+    assert!(promoted.log_index > store_revision, "{promoted:?}");
     let voters: Vec<u64> = status
         .members
         .iter()

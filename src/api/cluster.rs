@@ -37,6 +37,18 @@ fn validate_addr(field: &str, addr: &str, required: bool) -> Result<(), Validati
 }
 
 impl ClusterService {
+    /// The answer to a membership change committed at log `index`. The header carries the
+    /// store revision like every other response: membership entries change no object, so
+    /// a client following revisions never sees them jump to a log index.
+    async fn membership_response(&self, index: u64) -> MembershipResponse {
+        let revision = self.ctx.applied.read(|_, revision| revision);
+        MembershipResponse {
+            header: self.ctx.header(revision),
+            members: self.members().await,
+            log_index: index,
+        }
+    }
+
     async fn members(&self) -> Vec<Member> {
         let metrics = self.ctx.consensus.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
@@ -152,10 +164,7 @@ impl Cluster for ClusterService {
                         },
                     )
                     .await?;
-                Ok(MembershipResponse {
-                    header: self.ctx.header(index),
-                    members: self.members().await,
-                })
+                Ok(self.membership_response(index).await)
             })
             .await
     }
@@ -168,10 +177,7 @@ impl Cluster for ClusterService {
             .observe("Promote", async {
                 let id = request.into_inner().id;
                 let index = self.ctx.consensus.promote(id).await?;
-                Ok(MembershipResponse {
-                    header: self.ctx.header(index),
-                    members: self.members().await,
-                })
+                Ok(self.membership_response(index).await)
             })
             .await
     }
@@ -184,10 +190,7 @@ impl Cluster for ClusterService {
             .observe("RemoveMember", async {
                 let id = request.into_inner().id;
                 let index = self.ctx.consensus.remove(id).await?;
-                Ok(MembershipResponse {
-                    header: self.ctx.header(index),
-                    members: self.members().await,
-                })
+                Ok(self.membership_response(index).await)
             })
             .await
     }

@@ -193,16 +193,13 @@ pub async fn run(ctx: &Ctx, cmd: &ClusterCommand) -> anyhow::Result<()> {
 fn report(ctx: &Ctx, what: &str, r: &pb::MembershipResponse) -> anyhow::Result<()> {
     match ctx.output {
         OutputFormat::Table => {
-            println!(
-                "{what} (revision {})\n",
-                r.header.as_ref().map_or(0, |h| h.revision)
-            );
+            println!("{what} (log index {})\n", r.log_index);
             print_members(&r.members);
         }
         format => print_documents(
             format,
             &[
-                json!({"result": what, "members": r.members.iter().map(member_json).collect::<Vec<_>>()}),
+                json!({"result": what, "logIndex": r.log_index, "members": r.members.iter().map(member_json).collect::<Vec<_>>()}),
             ],
             true,
         )?,
