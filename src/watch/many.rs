@@ -202,6 +202,16 @@ impl Multiplexer {
                         )),
                     );
                 }
+                // An absent `watch` would decode as an empty request, which watches
+                // everything: almost surely a client bug, and an expensive one.
+                let Some(watch) = create.watch else {
+                    return self.answer_canceled(
+                        id,
+                        &Status::invalid_argument(
+                            "watch: is required (send an empty WatchRequest to watch everything)",
+                        ),
+                    );
+                };
                 let serial = self.next_serial;
                 self.next_serial += 1;
                 let slot = self.free.pop().unwrap_or_else(|| {
@@ -213,8 +223,7 @@ impl Multiplexer {
                     state: SlotState::Opening { serial },
                 });
                 self.ids.insert(id, slot);
-                let opening =
-                    (self.open)(create.watch.unwrap_or_default(), (self.group.clone(), slot));
+                let opening = (self.open)(watch, (self.group.clone(), slot));
                 self.opening
                     .push(Box::pin(async move { (slot, serial, opening.await) }));
             }
@@ -583,10 +592,16 @@ mod tests {
             create(0, "web"),
             create(3, "web"),
             create(4, "db"),
+            Ok(WatchManyRequest {
+                request: Some(watch_many_request::Request::Create(WatchCreateRequest {
+                    watch_id: 5,
+                    watch: None,
+                })),
+            }),
         ] {
             requests.unbounded_send(request).unwrap();
         }
-        let got = take_ok(&mut stream, 6).await;
+        let got = take_ok(&mut stream, 7).await;
         let mut created: Vec<u64> = got
             .iter()
             .filter(|r| r.created)
@@ -599,7 +614,12 @@ mod tests {
             .filter(|r| r.canceled)
             .map(|r| (r.watch_id, r.cancel_code, r.cancel_reason.as_str()))
             .collect();
-        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert_eq!(refused.len(), 4, "{refused:?}");
+        assert!(refused.contains(&(
+            5,
+            3,
+            "watch: is required (send an empty WatchRequest to watch everything)"
+        )));
         assert!(refused.contains(&(2, 3, "service: must be a DNS label")));
         assert!(refused.contains(&(1, 3, "watch_id: 1 is already in use on this stream")));
         assert!(refused.contains(&(0, 3, "watch_id: must be at least 1")));
