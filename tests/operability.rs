@@ -49,15 +49,6 @@ async fn admin_port_serves_metrics_health_and_readiness() {
     assert!(all.contains("bowline_api_request_duration_seconds_bucket"));
 }
 
-/// The value of the first sample of `name` (with any labels) in a `/metrics` page.
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn write_batches_and_read_index_sharing_are_exported() {
     let mut cluster = Cluster::start(3).await;
@@ -69,7 +60,7 @@ async fn write_batches_and_read_index_sharing_are_exported() {
             .nodes
             .iter()
             .filter_map(|n| http_get(&n.admin_addr, "/metrics"))
-            .filter_map(|(_, m)| sample(&m, "bowline_raft_proposal_commands_sum"))
+            .filter_map(|(_, m)| metric_sample(&m, "bowline_raft_proposal_commands_sum"))
             .sum()
     };
     let before = proposed(&cluster);
@@ -85,14 +76,15 @@ async fn write_batches_and_read_index_sharing_are_exported() {
         let read = get_service(&client, "a", pb::Consistency::Linearizable).await;
         assert!(read.unwrap().is_some());
         let (_, metrics) = http_get(&cluster.nodes[i].admin_addr, "/metrics").unwrap();
-        let reads = sample(&metrics, "bowline_read_index_batch_reads_sum").unwrap_or(0.0);
+        let reads = metric_sample(&metrics, "bowline_read_index_batch_reads_sum").unwrap_or(0.0);
         assert!(
             reads >= 1.0,
             "node {i} counted no linearizable read: {reads}"
         );
     }
     let (_, metrics) = http_get(&cluster.nodes[leader].admin_addr, "/metrics").unwrap();
-    let confirmations = sample(&metrics, "bowline_read_index_confirmations_total").unwrap_or(0.0);
+    let confirmations =
+        metric_sample(&metrics, "bowline_read_index_confirmations_total").unwrap_or(0.0);
     assert!(confirmations >= 1.0, "the leader counted no confirmation");
 }
 

@@ -354,13 +354,11 @@ async fn a_watcher_that_never_reads_is_cancelled_while_others_keep_up() {
         }
     })
     .await;
-    let active: i64 = metrics
-        .lines()
-        .find(|l| l.starts_with("bowline_watch_active"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    assert_eq!(active, 1, "only the fast watcher remains registered");
+    assert_eq!(
+        metric_sample(&metrics, "bowline_watch_active"),
+        Some(1.0),
+        "only the fast watcher remains registered"
+    );
 
     // When the slow client finally reads, it gets what was in flight, then RESOURCE_EXHAUSTED
     // with the revision to resume from.
@@ -682,15 +680,16 @@ async fn watch_many_multiplexes_listing_live_refused_and_cancelled_watches_on_on
     let metrics = http_get(&cluster.nodes[2].admin_addr, "/metrics")
         .map(|(_, body)| body)
         .unwrap();
-    let sample = |name: &str| -> Option<i64> {
-        metrics
-            .lines()
-            .find(|l| l.split([' ', '{']).next() == Some(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    };
-    assert_eq!(sample("bowline_watch_many_streams"), Some(1), "{metrics}");
-    assert_eq!(sample("bowline_watch_active"), Some(1), "{metrics}");
+    assert_eq!(
+        metric_sample(&metrics, "bowline_watch_many_streams"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sample(&metrics, "bowline_watch_active"),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // The node stopping ends watch 1 with where to resume, then the stream itself.
     let reader = tokio::spawn(async move {

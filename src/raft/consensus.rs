@@ -306,8 +306,8 @@ impl Consensus {
     /// writes, waits (within `within`) until a voter has every entry this leader has, asks
     /// it to campaign, and waits until it leads. The old leader grants it its vote (its own
     /// vote is not renewed by followers, so its lease has long expired), which with the
-    /// candidate's is a majority of three; so clients see a new leader after one vote round instead of an
-    /// election timeout plus a vote round after a crash. Returns the new leader, or `None`
+    /// candidate's is a majority of three; so clients see a new leader after one vote round
+    /// instead of an election timeout plus a vote round after a crash. Returns the new leader, or `None`
     /// when this node does not lead, no voter caught up, or the new leader did not appear in
     /// time; the node then stops anyway and the others elect as after a crash.
     pub async fn hand_off_leadership(&self, within: Duration) -> Option<NodeId> {

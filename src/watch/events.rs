@@ -60,18 +60,9 @@ pub fn event(object: ObjectRef<'_>, kind: pb::EventType, revision: u64) -> pb::E
 
 fn current<'a>(state: &'a RegistryState, key: &StateKey) -> Option<ObjectRef<'a>> {
     match key {
-        StateKey::Service(ns, name) => state
-            .services
-            .get(&(ns.clone(), name.clone()))
-            .map(ObjectRef::Service),
-        StateKey::Endpoint(ns, svc, id) => state
-            .endpoints
-            .get(&(ns.clone(), svc.clone(), id.clone()))
-            .map(ObjectRef::Endpoint),
-        StateKey::Config(kind, ns, name) => state
-            .configs
-            .get(&(*kind, ns.clone(), name.clone()))
-            .map(ObjectRef::Config),
+        StateKey::Service(ns, name) => state.service(ns, name).map(ObjectRef::Service),
+        StateKey::Endpoint(ns, svc, id) => state.endpoint(ns, svc, id).map(ObjectRef::Endpoint),
+        StateKey::Config(kind, ns, name) => state.config(*kind, ns, name).map(ObjectRef::Config),
     }
 }
 

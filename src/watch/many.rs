@@ -563,6 +563,13 @@ mod tests {
         (requests, Box::pin(stream))
     }
 
+    /// Watch 1 on "web" and watch 2 on "db", both registered.
+    async fn watch_web_and_db(requests: &Requests, stream: &mut Responses) {
+        requests.unbounded_send(create(1, "web")).unwrap();
+        requests.unbounded_send(create(2, "db")).unwrap();
+        assert_eq!(take_ok(stream, 2).await.len(), 2);
+    }
+
     async fn take(stream: &mut Responses, n: usize) -> Vec<Result<EncodedWatchResponse, Status>> {
         let mut out = Vec::new();
         for _ in 0..n {
@@ -695,9 +702,7 @@ mod tests {
             watcher_queue: 2,
             ..HubConfig::default()
         });
-        requests.unbounded_send(create(1, "web")).unwrap();
-        requests.unbounded_send(create(2, "db")).unwrap();
-        assert_eq!(take_ok(&mut stream, 2).await.len(), 2);
+        watch_web_and_db(&requests, &mut stream).await;
         // Nobody reads the stream while "web" gets three revisions.
         for revision in 1..=3 {
             hub.publish(revision, event("web"));
@@ -715,9 +720,7 @@ mod tests {
     #[tokio::test]
     async fn a_watch_with_a_backlog_takes_turns_with_the_others() {
         let (hub, requests, mut stream) = start(HubConfig::default());
-        requests.unbounded_send(create(1, "web")).unwrap();
-        requests.unbounded_send(create(2, "db")).unwrap();
-        assert_eq!(take_ok(&mut stream, 2).await.len(), 2);
+        watch_web_and_db(&requests, &mut stream).await;
         // Both watches idle, nothing owed: the stream has nothing to send.
         let idle = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
         assert!(idle.is_err(), "{idle:?}");
@@ -773,9 +776,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_cancels_every_watch_then_ends_the_stream_with_unavailable() {
         let (hub, requests, mut stream) = start(HubConfig::default());
-        requests.unbounded_send(create(1, "web")).unwrap();
-        requests.unbounded_send(create(2, "db")).unwrap();
-        assert_eq!(take_ok(&mut stream, 2).await.len(), 2);
+        watch_web_and_db(&requests, &mut stream).await;
         assert_eq!(hub.watcher_count(), 2);
         hub.shutdown();
         let got = take(&mut stream, 4).await;

@@ -400,6 +400,15 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// The value of the first sample of `name` (with any labels) in a `/metrics` page.
+pub fn metric_sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Runs the `bowline` CLI against the cluster; returns (exit code, stdout, stderr).
 pub fn cli(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     use std::io::Write;
