@@ -462,6 +462,15 @@ async fn a_proxyless_grpc_client_round_robins_and_follows_a_weighted_change() {
         output.read_line(&mut line).unwrap();
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad client output {line:?}: {e}"))
     };
+    // The node serving this client may apply the registrations a moment after the leader
+    // acknowledged them: wait until the client has been sent all three.
+    let deadline = std::time::Instant::now() + WAIT;
+    while call(30).len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client never saw all three backends"
+        );
+    }
     // No TrafficPolicy: round robin over all three.
     let counts = call(90);
     assert_eq!(counts.len(), 3, "{counts:?}");
