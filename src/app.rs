@@ -29,6 +29,7 @@ use crate::raft::network::{PeerClients, PeerNetworkFactory, MAX_PEER_MESSAGE_BYT
 use crate::raft::peer_server::PeerService;
 use crate::raft::proposal_batch::ProposalBatcher;
 use crate::raft::read_index::{ReadIndexBatcher, RestoredLeadership};
+use crate::raft::read_lease::ReadLease;
 use crate::raft::runtime::RaftRuntime;
 use crate::raft::state_machine::{AppliedState, StateMachineStore};
 use crate::raft::{NodeAddr, NodeId, Raft};
@@ -76,6 +77,9 @@ pub struct RaftTuning {
     pub snapshot_log_mib: u64,
     /// Also purge the log below the last snapshot beyond this many MiB.
     pub keep_log_mib: u64,
+    /// Whether the leader serves linearizable reads on a lease (half the shortest election
+    /// timeout after each confirmation round) instead of confirming every batch.
+    pub read_lease: bool,
 }
 
 impl Default for RaftTuning {
@@ -97,6 +101,7 @@ impl Default for RaftTuning {
             logs_to_keep: 10_000,
             snapshot_log_mib: 64,
             keep_log_mib: 64,
+            read_lease: true,
         }
     }
 }
@@ -331,6 +336,10 @@ pub async fn run_node(
         metrics: metrics.clone(),
         handing_off: Default::default(),
         stopping: Default::default(),
+        read_lease: ReadLease::new(
+            Duration::from_millis(config.raft.election_timeout_min_ms / 2),
+            config.raft.read_lease,
+        ),
     };
     let node = NodeHandle {
         consensus: consensus.clone(),

@@ -107,3 +107,86 @@ async fn killing_the_leader_elects_another_and_the_restarted_node_catches_up() {
     assert!(names.contains(&"before-failover".to_string()));
     assert_eq!(names.len(), 21, "{names:?}");
 }
+
+/// Linearizable reads on the leader counted as answered under its read lease.
+fn lease_reads(cluster: &Cluster, i: usize) -> f64 {
+    let (_, metrics) = http_get(&cluster.nodes[i].admin_addr, "/metrics").expect("metrics page");
+    metric_sample(&metrics, "bowline_read_lease_reads_total").expect("lease read counter")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_reads_on_its_lease_and_stops_once_its_followers_are_gone() {
+    let mut cluster = Cluster::start(3).await;
+    let leader_id = cluster.wait_for_leader().await;
+    let leader = cluster.index_of(leader_id);
+    let client = cluster.client_for(leader);
+    let revision = register_service(&client, "leased").await.unwrap();
+    // The first read takes the lease with a confirmation round; reads right after it are
+    // answered under the lease, and still see every acknowledged write.
+    for _ in 0..20 {
+        let found = get_service(&client, "leased", Consistency::Linearizable)
+            .await
+            .expect("linearizable read")
+            .expect("the acknowledged write");
+        assert_eq!(found.mod_revision, revision);
+    }
+    assert!(
+        lease_reads(&cluster, leader) > 0.0,
+        "no read was answered under the lease"
+    );
+
+    // Without its followers the leader can no longer renew the lease: once it runs out,
+    // linearizable reads fail instead of answering from a state that may be stale.
+    for i in 0..cluster.nodes.len() {
+        if i != leader {
+            cluster.kill(i);
+        }
+    }
+    let error = Cluster::eventually("a linearizable read fails without a quorum", || {
+        let client = client.clone();
+        async move {
+            get_service(&client, "leased", Consistency::Linearizable)
+                .await
+                .err()
+        }
+    })
+    .await;
+    // The server answers UNAVAILABLE once its request timeout passes; the test client may
+    // give up first.
+    assert!(
+        matches!(
+            error.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
+        "{error:?}"
+    );
+    // Stale reads still answer from the node's own state.
+    assert!(get_service(&client, "leased", Consistency::Stale)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_lease_off_every_linearizable_read_is_confirmed() {
+    let mut cluster = Cluster::start_with(
+        3,
+        Tuning {
+            extra_args: vec!["--read-lease=false".into()],
+            ..Tuning::default()
+        },
+    )
+    .await;
+    let leader_id = cluster.wait_for_leader().await;
+    let leader = cluster.index_of(leader_id);
+    let client = cluster.client_for(leader);
+    let revision = register_service(&client, "confirmed").await.unwrap();
+    for _ in 0..20 {
+        let found = get_service(&client, "confirmed", Consistency::Linearizable)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.mod_revision, revision);
+    }
+    assert_eq!(lease_reads(&cluster, leader), 0.0);
+}

@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// Also purge the log below the latest snapshot beyond this many MiB. [default: 64]
     #[arg(long, env = "BOWLINE_KEEP_LOG_MIB")]
     pub keep_log_mib: Option<u64>,
+    /// Serve linearizable reads on the leader's read lease (`true`), which trusts that
+    /// clocks run at about the same rate, or confirm leadership with a quorum for every
+    /// batch of reads (`false`). [default: true]
+    #[arg(long, env = "BOWLINE_READ_LEASE", value_name = "BOOL")]
+    pub read_lease: Option<bool>,
     /// How long a client request may wait for a leader, in milliseconds. [default: 5000]
     #[arg(long, env = "BOWLINE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -104,6 +109,7 @@ struct ServeFile {
     logs_to_keep: Option<u64>,
     snapshot_log_mib: Option<u64>,
     keep_log_mib: Option<u64>,
+    read_lease: Option<bool>,
     request_timeout_ms: Option<u64>,
     watch_history_events: Option<usize>,
     watch_history_mib: Option<usize>,
@@ -227,6 +233,10 @@ impl ServeArgs {
                 .keep_log_mib
                 .or(file.keep_log_mib)
                 .unwrap_or(defaults.keep_log_mib),
+            read_lease: self
+                .read_lease
+                .or(file.read_lease)
+                .unwrap_or(defaults.read_lease),
         };
         if raft.election_timeout_min_ms <= raft.heartbeat_ms
             || raft.election_timeout_max_ms <= raft.election_timeout_min_ms

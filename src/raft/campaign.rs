@@ -25,7 +25,7 @@ use super::NodeId;
 const MAX_ELECTIONS: u64 = 3;
 
 /// When this node last heard from a leader (append-entries or snapshot), shared between the
-/// peer service's handlers.
+/// peer service's handlers. Created at start-up.
 #[derive(Debug, Clone)]
 pub struct LeaderContact {
     origin: Instant,
@@ -49,15 +49,16 @@ impl LeaderContact {
         self.last_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
-    /// Time since the last contact (`None` if there never was one).
-    pub fn silent_for(&self) -> Option<Duration> {
+    /// Time since the last contact, or since this process started if there was none: a
+    /// node that just restarted may have promised a leader, before it crashed, to refuse
+    /// other candidates for a while (a read lease relies on that; see `read_lease.rs`).
+    pub fn silent_for(&self) -> Duration {
         match self.last_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(
-                self.origin
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(ms - 1)),
-            ),
+            0 => self.origin.elapsed(),
+            ms => self
+                .origin
+                .elapsed()
+                .saturating_sub(Duration::from_millis(ms - 1)),
         }
     }
 }
@@ -69,7 +70,7 @@ impl LeaderContact {
 pub fn elections_after_rejection(
     request: &VoteRequest<NodeId>,
     response: &VoteResponse<NodeId>,
-    silent_for: Option<Duration>,
+    silent_for: Duration,
     quiet: Duration,
 ) -> u64 {
     if response.vote_granted {
@@ -80,7 +81,7 @@ pub fn elections_after_rejection(
         return 0;
     }
     // The leader must look gone from here too; otherwise its heartbeats will settle things.
-    if silent_for.is_some_and(|s| s < quiet) {
+    if silent_for < quiet {
         return 0;
     }
     let candidate_term = request.vote.leader_id().term;
@@ -115,7 +116,7 @@ mod tests {
         let n = elections_after_rejection(
             &request(4, 2, log_id(3, 10)),
             &rejection(3, log_id(3, 12)),
-            Some(Duration::from_millis(700)),
+            Duration::from_millis(700),
             QUIET,
         );
         // Term 3 → 4 (the candidate's, lost) → 5 (above it).
@@ -127,7 +128,7 @@ mod tests {
         let n = elections_after_rejection(
             &request(4, 2, log_id(3, 10)),
             &rejection(3, log_id(3, 12)),
-            Some(Duration::from_millis(40)),
+            Duration::from_millis(40),
             QUIET,
         );
         assert_eq!(n, 0);
@@ -139,13 +140,18 @@ mod tests {
         let n = elections_after_rejection(
             &request(4, 2, log_id(3, 12)),
             &rejection(3, log_id(3, 12)),
-            None,
+            Duration::MAX,
             QUIET,
         );
         assert_eq!(n, 0);
         // A granted vote prompts nothing either.
         let granted = VoteResponse::new(Vote::new(4, 2), log_id(3, 9), true);
-        let n = elections_after_rejection(&request(4, 2, log_id(3, 10)), &granted, None, QUIET);
+        let n = elections_after_rejection(
+            &request(4, 2, log_id(3, 10)),
+            &granted,
+            Duration::MAX,
+            QUIET,
+        );
         assert_eq!(n, 0);
     }
 
@@ -154,14 +160,14 @@ mod tests {
         let stale = elections_after_rejection(
             &request(2, 2, log_id(1, 3)),
             &rejection(3, log_id(3, 12)),
-            None,
+            Duration::MAX,
             QUIET,
         );
         assert_eq!(stale, 0);
         let runaway = elections_after_rejection(
             &request(40, 2, log_id(3, 10)),
             &rejection(3, log_id(3, 12)),
-            None,
+            Duration::MAX,
             QUIET,
         );
         assert_eq!(runaway, MAX_ELECTIONS);
@@ -170,8 +176,11 @@ mod tests {
     #[test]
     fn leader_contact_reports_silence_since_the_last_touch() {
         let contact = LeaderContact::default();
-        assert_eq!(contact.silent_for(), None);
+        assert!(
+            contact.silent_for() < Duration::from_secs(5),
+            "counted from start-up before any contact"
+        );
         contact.touch();
-        assert!(contact.silent_for().unwrap() < Duration::from_secs(5));
+        assert!(contact.silent_for() < Duration::from_secs(5));
     }
 }

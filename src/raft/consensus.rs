@@ -14,6 +14,7 @@ use super::codec;
 use super::network::{ConsensusError, ForwardReply, ForwardRequest, PeerClients};
 use super::proposal_batch::ProposalBatcher;
 use super::read_index::{ConfirmationPicker, ReadIndexBatcher, RestoredLeadership};
+use super::read_lease::ReadLease;
 use super::state_machine::AppliedState;
 use super::{NodeAddr, NodeId, Raft};
 use crate::command::{Command, CommandResult, Proposal};
@@ -63,6 +64,9 @@ pub struct Consensus {
     pub handing_off: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Set once this node has begun to stop; it then never starts an election.
     pub stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Lets this leader give read indexes without a confirmation round for a while after
+    /// one (see `read_lease.rs`).
+    pub read_lease: ReadLease,
 }
 
 /// How often a hand-off re-checks what Raft metrics do not announce (the write batcher
@@ -100,7 +104,34 @@ fn fatal(e: impl std::fmt::Display) -> ConsensusError {
 }
 
 impl Consensus {
-    /// One leadership confirmation; returns the read index it makes safe to serve.
+    /// The read index this leader may give now without a confirmation round, if its read
+    /// lease holds: at least every entry committed before its term and every write it
+    /// acknowledged (it acknowledges a write only after applying it). Starts a renewal when
+    /// the lease runs low.
+    fn leased_read_index(&self) -> Option<u64> {
+        let term = {
+            let metrics = self.raft.server_metrics();
+            let metrics = metrics.borrow();
+            if metrics.current_leader != Some(self.id) {
+                return None;
+            }
+            metrics.vote.leader_id().get_term()
+        };
+        let read = self.read_lease.current(std::time::Instant::now(), term)?;
+        if read.renew {
+            let this = self.clone();
+            tokio::spawn(async move {
+                // Renewed or not (a vote in flight takes no lease), the next read may ask again.
+                let _ = this.confirm_read_index().await;
+                this.read_lease.renewal_done();
+            });
+        }
+        self.metrics.read_lease_reads.inc();
+        Some(read.floor.max(self.applied.applied_index()))
+    }
+
+    /// One leadership confirmation; returns the read index it makes safe to serve. Takes
+    /// (or renews) the read lease when it may.
     async fn confirm_read_index(&self) -> Result<u64, ConsensusError> {
         let term = || {
             self.raft
@@ -117,7 +148,17 @@ impl Consensus {
                 .with_label_values(&[path])
                 .inc()
         };
-        let index = match self.confirm_with_fewest_followers().await {
+        // A lease needs openraft's own round: only its heartbeats make the followers refuse
+        // other candidates for a while (see `read_lease.rs`).
+        let leading = self.raft.server_metrics().borrow().current_leader == Some(self.id);
+        let lease_attempt = leading
+            .then(|| self.read_lease.begin(std::time::Instant::now()))
+            .flatten();
+        let shortcut = match lease_attempt {
+            Some(_) => None,
+            None => self.confirm_with_fewest_followers().await,
+        };
+        let index = match shortcut {
             Some(index) => {
                 via("follower");
                 index
@@ -125,7 +166,17 @@ impl Consensus {
             None => match self.raft.get_read_log_id().await {
                 Ok((read_log_id, _)) => {
                     via("raft");
-                    read_log_id.map_or(0, |l| l.index)
+                    let index = read_log_id.map_or(0, |l| l.index);
+                    let term_after = term();
+                    let floor = self
+                        .restored
+                        .map_or(index, |r| r.floor(index, term_before, term_after));
+                    if let Some(attempt) = lease_attempt {
+                        if term_after == term_before {
+                            self.read_lease.complete(attempt, term_before, floor);
+                        }
+                    }
+                    return Ok(floor);
                 }
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                     return not_leader(f)
@@ -229,6 +280,9 @@ impl Consensus {
     /// A linearizable read barrier: confirms a leader's read index and waits until this node
     /// has applied that far. Returns the revision the read may then be served at.
     pub async fn read_barrier(&self) -> Result<u64, ConsensusError> {
+        if let Some(index) = self.leased_read_index() {
+            return self.wait_applied(index).await;
+        }
         let this = self.clone();
         let request_read_index = move || {
             let this = this.clone();
@@ -245,6 +299,12 @@ impl Consensus {
             .read_barrier_batch
             .read_index(request_read_index)
             .await?;
+        self.wait_applied(index).await
+    }
+
+    /// Waits (within the request timeout) until this node has applied `index`; returns the
+    /// store revision then.
+    async fn wait_applied(&self, index: u64) -> Result<u64, ConsensusError> {
         match tokio::time::timeout(self.request_timeout, self.applied.wait_applied(index)).await {
             Ok(Ok(applied)) => Ok(applied),
             Ok(Err(_)) => Err(fatal("state machine stopped")),
@@ -305,14 +365,17 @@ impl Consensus {
     /// Hands leadership to the most up-to-date voter before this node stops: stops taking
     /// writes, waits (within `within`) until a voter has every entry this leader has, asks
     /// it to campaign, and waits until it leads. The old leader grants it its vote (its own
-    /// vote is not renewed by followers, so its lease has long expired), which with the
-    /// candidate's is a majority of three; so clients see a new leader after one vote round
-    /// instead of an election timeout plus a vote round after a crash. Returns the new leader, or `None`
-    /// when this node does not lead, no voter caught up, or the new leader did not appear in
-    /// time; the node then stops anyway and the others elect as after a crash.
+    /// vote is not renewed by followers, so openraft's lease has long expired, and its read
+    /// lease is suspended first), which with the candidate's is a majority of three; so
+    /// clients see a new leader after one vote round instead of an election timeout plus a
+    /// vote round after a crash. Returns the new leader, or `None` when this node does not
+    /// lead, no voter caught up, or the new leader did not appear in time; the node then
+    /// stops anyway and the others elect as after a crash.
     pub async fn hand_off_leadership(&self, within: Duration) -> Option<NodeId> {
         self.stopping.store(true, Ordering::Relaxed);
         self.handing_off.store(true, Ordering::Relaxed);
+        // The successor needs this node's vote, which a read lease would refuse.
+        let _no_lease = self.read_lease.suspend();
         let handed = self.hand_off_to_caught_up_voter(within).await;
         if handed.is_none() {
             // Still leading (or nobody leads yet): serve writes for as long as this node runs.
@@ -512,6 +575,9 @@ impl Consensus {
                 Ok(ForwardReply::Campaigning(true))
             }
             ForwardRequest::ReadIndex => {
+                if let Some(index) = self.leased_read_index() {
+                    return Ok(ForwardReply::ReadIndex(index));
+                }
                 let this = self.clone();
                 let confirm = move || {
                     let this = this.clone();
@@ -583,6 +649,8 @@ impl Consensus {
                         format!("node {id} is not a learner; add it first")
                     }));
                 }
+                // A read lease is a quorum of one configuration.
+                let _no_lease = self.read_lease.suspend();
                 let result = self
                     .raft
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
@@ -605,6 +673,7 @@ impl Consensus {
                         "node {id} is not a member"
                     )));
                 };
+                let _no_lease = self.read_lease.suspend();
                 let result = self.raft.change_membership(change, false).await;
                 self.membership_result(result.map(|r| r.log_id.index))
             }

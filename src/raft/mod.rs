@@ -14,6 +14,7 @@ pub mod network;
 pub mod peer_server;
 pub mod proposal_batch;
 pub mod read_index;
+pub mod read_lease;
 pub mod runtime;
 pub mod state_machine;
 

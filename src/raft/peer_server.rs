@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use openraft::raft::{AppendEntriesResponse, VoteRequest};
+use openraft::raft::{AppendEntriesResponse, VoteRequest, VoteResponse};
 use tonic::{Request, Response, Status};
 
 use super::campaign::{elections_after_rejection, LeaderContact};
@@ -56,7 +56,24 @@ impl RaftPeer for PeerService {
 
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let rpc: VoteRequest<NodeId> = decode(request)?;
+        let Some(admitted) = self
+            .consensus
+            .read_lease
+            .admit_vote(std::time::Instant::now())
+        else {
+            // This leader may be serving reads on its lease: no vote, and no campaign of our
+            // own either. The log id only steers the candidate's back-off; the applied one
+            // is close enough (openraft does not expose the last one).
+            let refusal = {
+                let metrics = self.consensus.raft.metrics();
+                let metrics = metrics.borrow();
+                VoteResponse::new(metrics.vote, metrics.last_applied, false)
+            };
+            tracing::debug!(candidate = ?rpc.vote.leader_id().voted_for(), "vote refused: read lease");
+            return reply(&Ok::<_, openraft::error::RaftError<NodeId>>(refusal));
+        };
         let result = self.consensus.raft.vote(rpc.clone()).await;
+        admitted.answered(matches!(&result, Ok(r) if r.vote_granted));
         if let Ok(response) = &result {
             let elections = elections_after_rejection(
                 &rpc,

@@ -89,6 +89,8 @@ pub struct Metrics {
     /// Leadership confirmations for read indexes on this leader, by who confirmed: one
     /// follower (`follower`) or openraft's round to every follower (`raft`).
     pub read_index_confirmations: IntCounterVec,
+    /// Read indexes this leader gave under its read lease, with no confirmation round.
+    pub read_lease_reads: IntCounter,
 }
 
 /// Buckets for request and probe latencies, in seconds (0.5 ms to 5 s).
@@ -297,6 +299,11 @@ impl Metrics {
             raft_proposal_commands,
             read_index_batch_reads,
             read_index_confirmations,
+            read_lease_reads: counter(
+                &registry,
+                "read_lease_reads_total",
+                "Read indexes this leader gave under its read lease, with no confirmation round",
+            )?,
             health_transitions,
             health_prober_active: gauge(
                 &registry,
