@@ -46,11 +46,13 @@ impl ReadIndexBatcher {
         }
     }
 
-    /// Returns a read index confirmed after this call began. `confirm` performs one
-    /// confirmation; it is called by whichever caller finds no driver running, on a task of
-    /// its own, until no read is waiting.
-    pub async fn read_index<F, Fut>(&self, confirm: F) -> Result<u64, ConsensusError>
+    /// Returns a read index confirmed after this call began. The `confirm` that
+    /// `make_confirm` builds performs one confirmation; only a caller that finds no driver
+    /// running builds it (most callers never pay for what it captures), and it is then
+    /// called on a task of its own until no read is waiting.
+    pub async fn read_index<M, F, Fut>(&self, make_confirm: M) -> Result<u64, ConsensusError>
     where
+        M: FnOnce() -> F,
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = Result<u64, ConsensusError>> + Send + 'static,
     {
@@ -61,6 +63,7 @@ impl ReadIndexBatcher {
             !std::mem::replace(&mut queue.driving, true)
         };
         if start_driver {
+            let confirm = make_confirm();
             let queue = self.queue.clone();
             let batch_sizes = self.batch_sizes.clone();
             tokio::spawn(async move {
@@ -321,7 +324,7 @@ mod tests {
                 (batcher.clone(), confirm.clone(), confirmations.clone());
             reads.push(tokio::spawn(async move {
                 let begun_before = confirmations.load(Ordering::SeqCst);
-                let index = batcher.read_index(confirm).await.unwrap();
+                let index = batcher.read_index(|| confirm).await.unwrap();
                 (begun_before, index)
             }));
         }
@@ -359,12 +362,12 @@ mod tests {
         };
         let stuck = {
             let (batcher, confirm) = (batcher.clone(), confirm.clone());
-            tokio::spawn(async move { batcher.read_index(confirm).await })
+            tokio::spawn(async move { batcher.read_index(|| confirm).await })
         };
         // Let the first confirmation start, then read again.
         tokio::time::sleep(Duration::from_millis(10)).await;
         let started = tokio::time::Instant::now();
-        let later = batcher.read_index(confirm).await;
+        let later = batcher.read_index(|| confirm).await;
         assert_eq!(later, Ok(7));
         assert!(
             started.elapsed() < Duration::from_secs(1),
@@ -382,7 +385,7 @@ mod tests {
     async fn an_error_reaches_every_read_of_the_batch() {
         let batcher = ReadIndexBatcher::default();
         let result = batcher
-            .read_index(|| async { Err(ConsensusError::Unavailable("no quorum".into())) })
+            .read_index(|| || async { Err(ConsensusError::Unavailable("no quorum".into())) })
             .await;
         assert_eq!(result, Err(ConsensusError::Unavailable("no quorum".into())));
     }
