@@ -87,7 +87,8 @@ pub struct Metrics {
     /// Linearizable reads on this node that shared one read-index request.
     pub read_index_batch_reads: prometheus::Histogram,
     /// Leadership confirmations for read indexes on this leader, by who confirmed: one
-    /// follower (`follower`) or openraft's round to every follower (`raft`).
+    /// follower (`follower`) or openraft's round to every follower (`raft`, which is also
+    /// the round that takes or renews the read lease).
     pub read_index_confirmations: IntCounterVec,
     /// Read indexes this leader gave under its read lease, with no confirmation round.
     pub read_lease_reads: IntCounter,
