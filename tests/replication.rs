@@ -3,6 +3,7 @@
 
 mod common;
 
+use bowline::client::Client;
 use bowline::proto::v1::Consistency;
 use common::*;
 
@@ -114,6 +115,17 @@ fn lease_reads(cluster: &Cluster, i: usize) -> f64 {
     metric_sample(&metrics, "bowline_read_lease_reads_total").expect("lease read counter")
 }
 
+/// Reads `name` linearizably 20 times in a row; each read must see the write at `revision`.
+async fn read_back_linearizably(client: &Client, name: &str, revision: u64) {
+    for _ in 0..20 {
+        let found = get_service(client, name, Consistency::Linearizable)
+            .await
+            .expect("linearizable read")
+            .expect("the acknowledged write");
+        assert_eq!(found.mod_revision, revision);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_leader_reads_on_its_lease_and_stops_once_its_followers_are_gone() {
     let mut cluster = Cluster::start(3).await;
@@ -123,13 +135,7 @@ async fn the_leader_reads_on_its_lease_and_stops_once_its_followers_are_gone() {
     let revision = register_service(&client, "leased").await.unwrap();
     // The first read takes the lease with a confirmation round; reads right after it are
     // answered under the lease, and still see every acknowledged write.
-    for _ in 0..20 {
-        let found = get_service(&client, "leased", Consistency::Linearizable)
-            .await
-            .expect("linearizable read")
-            .expect("the acknowledged write");
-        assert_eq!(found.mod_revision, revision);
-    }
+    read_back_linearizably(&client, "leased", revision).await;
     assert!(
         lease_reads(&cluster, leader) > 0.0,
         "no read was answered under the lease"
@@ -181,12 +187,6 @@ async fn with_the_lease_off_every_linearizable_read_is_confirmed() {
     let leader = cluster.index_of(leader_id);
     let client = cluster.client_for(leader);
     let revision = register_service(&client, "confirmed").await.unwrap();
-    for _ in 0..20 {
-        let found = get_service(&client, "confirmed", Consistency::Linearizable)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(found.mod_revision, revision);
-    }
+    read_back_linearizably(&client, "confirmed", revision).await;
     assert_eq!(lease_reads(&cluster, leader), 0.0);
 }

@@ -109,14 +109,7 @@ impl Consensus {
     /// acknowledged (it acknowledges a write only after applying it). Starts a renewal when
     /// the lease runs low.
     fn leased_read_index(&self) -> Option<u64> {
-        let term = {
-            let metrics = self.raft.server_metrics();
-            let metrics = metrics.borrow();
-            if metrics.current_leader != Some(self.id) {
-                return None;
-            }
-            metrics.vote.leader_id().get_term()
-        };
+        let term = self.leading_term()?;
         let read = self.read_lease.current(std::time::Instant::now(), term)?;
         if read.renew {
             let this = self.clone();
@@ -128,6 +121,13 @@ impl Consensus {
         }
         self.metrics.read_lease_reads.inc();
         Some(read.floor.max(self.applied.applied_index()))
+    }
+
+    /// The current term, if this node leads in it (as Raft's server metrics say).
+    fn leading_term(&self) -> Option<u64> {
+        let metrics = self.raft.server_metrics();
+        let metrics = metrics.borrow();
+        (metrics.current_leader == Some(self.id)).then(|| metrics.vote.leader_id().get_term())
     }
 
     /// One leadership confirmation; returns the read index it makes safe to serve. Takes
@@ -150,10 +150,9 @@ impl Consensus {
         };
         // A lease needs openraft's own round: only its heartbeats make the followers refuse
         // other candidates for a while (see `read_lease.rs`).
-        let leading = self.raft.server_metrics().borrow().current_leader == Some(self.id);
-        let lease_attempt = leading
-            .then(|| self.read_lease.begin(std::time::Instant::now()))
-            .flatten();
+        let lease_attempt = self
+            .leading_term()
+            .and_then(|_| self.read_lease.begin(std::time::Instant::now()));
         let shortcut = match lease_attempt {
             Some(_) => None,
             None => self.confirm_with_fewest_followers().await,

@@ -108,7 +108,6 @@ impl ReadLease {
     /// unless a vote was granted or leases were suspended meanwhile.
     pub fn complete(&self, attempt: LeaseAttempt, term: u64, floor: u64) {
         let mut state = self.lock();
-        state.renewing = false;
         if state.suspended > 0 || state.votes_granted != attempt.votes_granted {
             return;
         }
@@ -129,7 +128,7 @@ impl ReadLease {
 
     /// The read index floor, if a lease for `term` holds at `now`. `renew` is set when the
     /// caller should start a renewal round (less than half the lease left and none running);
-    /// it is then counted as running until [`Self::complete`] or [`Self::renewal_done`].
+    /// it is then counted as running until [`Self::renewal_done`].
     pub fn current(&self, now: Instant, term: u64) -> Option<LeasedRead> {
         if !self.enabled {
             return None;
@@ -240,6 +239,15 @@ mod tests {
         ReadLease::new(LEASE, true)
     }
 
+    /// A lease taken in term 3 by a round begun at the returned instant, with floor 10.
+    fn held_lease() -> (ReadLease, Instant) {
+        let lease = lease();
+        let t0 = Instant::now();
+        let attempt = lease.begin(t0).expect("nothing blocks a first round");
+        lease.complete(attempt, 3, 10);
+        (lease, t0)
+    }
+
     #[test]
     fn a_completed_round_grants_reads_until_one_duration_after_it_began() {
         let lease = lease();
@@ -280,10 +288,7 @@ mod tests {
 
     #[test]
     fn a_vote_granted_during_the_round_voids_it_and_ends_a_lease() {
-        let lease = lease();
-        let t0 = Instant::now();
-        let first = lease.begin(t0).unwrap();
-        lease.complete(first, 3, 10);
+        let (lease, t0) = held_lease();
         assert!(lease.current(t0, 3).is_some());
         // The hold has passed; a vote goes through and is granted.
         let later = t0 + LEASE;
@@ -301,10 +306,7 @@ mod tests {
 
     #[test]
     fn a_suspension_ends_the_lease_lifts_the_hold_and_blocks_new_leases_until_dropped() {
-        let lease = lease();
-        let t0 = Instant::now();
-        let attempt = lease.begin(t0).unwrap();
-        lease.complete(attempt, 3, 10);
+        let (lease, t0) = held_lease();
         let suspension = lease.suspend();
         assert_eq!(lease.current(t0, 3), None);
         lease
@@ -331,10 +333,7 @@ mod tests {
 
     #[test]
     fn one_renewal_is_asked_for_once_half_the_lease_is_gone() {
-        let lease = lease();
-        let t0 = Instant::now();
-        let attempt = lease.begin(t0).unwrap();
-        lease.complete(attempt, 3, 10);
+        let (lease, t0) = held_lease();
         let late = t0 + Duration::from_millis(60);
         assert!(lease.current(late, 3).unwrap().renew);
         assert!(
@@ -345,17 +344,15 @@ mod tests {
         assert!(lease.current(late, 3).unwrap().renew, "asked again");
         let renewal = lease.begin(late).unwrap();
         lease.complete(renewal, 3, 20);
+        lease.renewal_done();
         let read = lease.current(t0 + Duration::from_millis(70), 3).unwrap();
         assert_eq!(read.floor, 20);
-        assert!(!read.renew);
+        assert!(!read.renew, "the renewed lease has plenty left");
     }
 
     #[test]
     fn a_vote_dropped_before_its_answer_counts_as_granted() {
-        let lease = lease();
-        let t0 = Instant::now();
-        let attempt = lease.begin(t0).unwrap();
-        lease.complete(attempt, 3, 10);
+        let (lease, t0) = held_lease();
         let later = t0 + LEASE;
         let vote = lease.admit_vote(later).unwrap();
         drop(vote);
