@@ -9,7 +9,7 @@
 //! already makes recoverable.
 
 use std::io::Cursor;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockWriteGuard, TryLockError};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
@@ -161,59 +161,112 @@ impl StateMachineStore {
         meta.last_log_id.map(|l| l.index)
     }
 
+    /// Stores `data` as the current snapshot and flushes it to disk. The encoding and the sled
+    /// insert run off the async threads (see `build_snapshot`).
     async fn save_snapshot(
         &self,
-        meta: &SnapshotMeta<NodeId, NodeAddr>,
-        data: &[u8],
-    ) -> Result<(), StorageError> {
-        let write = |e: String| {
+        meta: SnapshotMeta<NodeId, NodeAddr>,
+        data: Vec<u8>,
+    ) -> Result<(SnapshotMeta<NodeId, NodeAddr>, Vec<u8>), StorageError> {
+        let snapshots = self.snapshots.clone();
+        let (meta, data) = run_blocking(move || {
+            store_snapshot(&snapshots, &meta, &data)?;
+            Ok((meta, data))
+        })
+        .await?;
+        // The log below this snapshot is about to be purged: the snapshot and the state it
+        // describes must be on disk first.
+        self.db.flush_async().await.map_err(|e| {
             io_err(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Write,
                 e,
             )
-        };
-        let bytes = codec::encode(&(meta, data)).map_err(|e| write(e.to_string()))?;
-        self.snapshots
-            .insert(KEY_CURRENT_SNAPSHOT, bytes)
-            .map_err(|e| write(e.to_string()))?;
-        // The log below this snapshot is about to be purged: the snapshot and the state it
-        // describes must be on disk first.
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| write(e.to_string()))?;
-        Ok(())
+        })?;
+        Ok((meta, data))
+    }
+}
+
+/// Runs `f` on tokio's blocking pool. Encoding or storing a state of a few hundred thousand
+/// services takes a second or more; on the Raft runtime's one thread that held up
+/// heartbeats and appends for as long, and a follower whose own thread it was campaigned
+/// when it got the thread back (seen with ~250,000 services, a leader change per snapshot).
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
+}
+
+/// Encodes `meta` and `data` and makes them the current snapshot in sled (not yet flushed).
+fn store_snapshot(
+    snapshots: &sled::Tree,
+    meta: &SnapshotMeta<NodeId, NodeAddr>,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    let write = |e: String| {
+        io_err(
+            ErrorSubject::Snapshot(Some(meta.signature())),
+            ErrorVerb::Write,
+            e,
+        )
+    };
+    let bytes = codec::encode(&(meta, data)).map_err(|e| write(e.to_string()))?;
+    snapshots
+        .insert(KEY_CURRENT_SNAPSHOT, bytes)
+        .map_err(|e| write(e.to_string()))?;
+    Ok(())
+}
+
+/// Takes the state's write lock without stalling the Raft runtime: if a reader holds it
+/// (a snapshot being encoded, a large listing), the wait moves off the runtime's thread, so
+/// heartbeats and appends go on meanwhile.
+fn write_applied(lock: &RwLock<AppliedData>) -> RwLockWriteGuard<'_, AppliedData> {
+    match lock.try_write() {
+        Ok(guard) => guard,
+        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(TryLockError::WouldBlock) => {
+            let wait = || lock.write().unwrap_or_else(|e| e.into_inner());
+            let on_multi_thread_runtime = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if on_multi_thread_runtime {
+                tokio::task::block_in_place(wait)
+            } else {
+                wait()
+            }
+        }
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        // A point-in-time copy taken under the read lock; serialization happens outside it.
-        let (state, last_applied, membership) = {
-            let guard = self.applied.inner.read().unwrap_or_else(|e| e.into_inner());
-            (
-                guard.state.clone(),
-                guard.last_applied,
-                guard.membership.clone(),
-            )
-        };
-        let data = codec::encode(&state)
-            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        let applied = self.applied.inner.clone();
         let seq = self
             .snapshot_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
-            None => format!("none-{seq}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        self.save_snapshot(&meta, &data).await?;
-        tracing::info!(index = ?last_applied.map(|l| l.index), bytes = data.len(), "built snapshot");
+        let (meta, data) = run_blocking(move || {
+            // Encoded under the read lock, with no copy of the state: a copy of a large state
+            // took longer than encoding it (a string allocation per field), and writers
+            // waited behind it just the same.
+            let guard = applied.read().unwrap_or_else(|e| e.into_inner());
+            let data = codec::encode(&guard.state)
+                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+            let last_applied = guard.last_applied;
+            let snapshot_id = match last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
+                None => format!("none-{seq}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: guard.membership.clone(),
+                snapshot_id,
+            };
+            Ok((meta, data))
+        })
+        .await?;
+        let (meta, data) = self.save_snapshot(meta, data).await?;
+        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -237,11 +290,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut results = Vec::new();
         let last_index;
         {
-            let mut guard = self
-                .applied
-                .inner
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut guard = write_applied(&self.applied.inner);
             let applied = &mut *guard;
             for entry in entries {
                 applied.last_applied = Some(entry.log_id);
@@ -297,25 +346,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
         let data = snapshot.into_inner();
-        let state: RegistryState =
-            codec::decode(&data).map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
+        let (state, data) = run_blocking(move || {
+            let state: RegistryState =
+                codec::decode(&data).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
+            Ok((state, data))
+        })
+        .await?;
 
-        self.save_snapshot(meta, &data).await?;
+        self.save_snapshot(meta.clone(), data).await?;
 
         let index = meta.last_log_id.map_or(0, |l| l.index);
-        {
-            let mut guard = self
-                .applied
-                .inner
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
+        let replaced = {
+            let mut guard = write_applied(&self.applied.inner);
             let revision = state.revision;
-            guard.state = state;
+            let replaced = std::mem::replace(&mut guard.state, state);
             guard.last_applied = meta.last_log_id;
             guard.membership = meta.last_membership.clone();
             // Under the write lock, like publish: watchers cannot be served across the jump.
             self.applied.hub.reset(revision);
-        }
+            replaced
+        };
+        // Freeing a large state takes a while too.
+        tokio::task::spawn_blocking(move || drop(replaced));
         self.applied.applied_index.send_replace(index);
         tracing::info!(index, "installed snapshot");
         Ok(())
@@ -335,5 +387,86 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data.to_vec())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A runtime like the Raft runtime: one worker thread.
+    fn one_worker_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn open_store() -> (tempfile::TempDir, StateMachineStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let store = StateMachineStore::open(&db).unwrap();
+        (dir, store)
+    }
+
+    /// Spawns a trivial task after `blocked` and reports whether the runtime ran it while
+    /// `blocked` was still waiting for the state lock.
+    fn runtime_runs_other_tasks_meanwhile(runtime: &tokio::runtime::Runtime) -> bool {
+        let (ran, seen) = mpsc::channel();
+        runtime.spawn(async move {
+            let _ = ran.send(());
+        });
+        // A generous bound that only a stuck runtime thread reaches.
+        seen.recv_timeout(Duration::from_secs(30)).is_ok()
+    }
+
+    #[test]
+    fn an_apply_waiting_for_a_reader_leaves_the_runtime_thread_to_other_tasks() {
+        let runtime = one_worker_runtime();
+        let (_dir, mut store) = open_store();
+        let state = store.applied.inner.clone();
+        let entry = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Blank,
+        };
+        // A long reader: a snapshot being encoded, a large listing.
+        let reader = state.read().unwrap();
+        // Spawned first, so the worker takes it first and waits for the lock in it.
+        let apply = runtime.spawn(async move { store.apply(vec![entry]).await.map(|_| ()) });
+        let others_ran = runtime_runs_other_tasks_meanwhile(&runtime);
+        drop(reader);
+        assert!(
+            others_ran,
+            "the runtime's thread was stuck behind the state lock"
+        );
+        runtime.block_on(apply).unwrap().unwrap();
+        assert_eq!(state.read().unwrap().last_applied.map(|l| l.index), Some(1));
+    }
+
+    #[test]
+    fn a_snapshot_is_encoded_off_the_runtime_thread() {
+        let runtime = one_worker_runtime();
+        let (_dir, store) = open_store();
+        let state = store.applied.inner.clone();
+        // Holding the write lock stands for a state that takes long to encode.
+        let writer = state.write().unwrap();
+        let mut builder = store.clone();
+        let build = runtime.spawn(async move { builder.build_snapshot().await.map(|s| s.meta) });
+        let others_ran = runtime_runs_other_tasks_meanwhile(&runtime);
+        drop(writer);
+        assert!(
+            others_ran,
+            "the runtime's thread was stuck encoding the snapshot"
+        );
+        let meta = runtime.block_on(build).unwrap().unwrap();
+        let mut reader = store.clone();
+        let current = runtime
+            .block_on(reader.get_current_snapshot())
+            .unwrap()
+            .unwrap();
+        assert_eq!(current.meta.snapshot_id, meta.snapshot_id);
     }
 }
