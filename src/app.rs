@@ -241,10 +241,11 @@ pub async fn run_node(
         .open()
         .with_context(|| format!("open sled database in {}", config.data_dir.display()))?;
     let metrics = Metrics::new(config.id).context("register metrics")?;
-    let log_store = FileLogStore::open(&config.data_dir.join("raft-log"), &db)
+    let log_store = FileLogStore::open(&config.data_dir.join("raft-log"), &db, config.id)
         .map_err(|e| anyhow::anyhow!("open raft log: {e}"))?;
     let state_machine = StateMachineStore::open_with(&db, config.watch.clone(), metrics.clone())
-        .map_err(|e| anyhow::anyhow!("open state machine: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("open state machine: {e}"))?
+        .apply_only_synced(log_store.durable_index());
     let applied = state_machine.applied_state();
     let peers = PeerClients::on_runtime(raft_runtime.handle().clone());
 
@@ -262,6 +263,7 @@ pub async fn run_node(
     .context("raft configuration")?;
     let network = PeerNetworkFactory {
         clients: peers.clone(),
+        log: Some(log_store.clone()),
     };
     let restored = {
         use openraft::storage::RaftLogStorage;

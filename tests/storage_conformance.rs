@@ -18,7 +18,7 @@ impl StoreBuilder<TypeConfig, FileLogStore, StateMachineStore, tempfile::TempDir
             .path(dir.path().join("db"))
             .open()
             .expect("open sled");
-        let log = FileLogStore::open(&dir.path().join("raft-log"), &db).expect("log store");
+        let log = FileLogStore::open(&dir.path().join("raft-log"), &db, 1).expect("log store");
         let sm = StateMachineStore::open(&db)?;
         Ok((dir, log, sm))
     }

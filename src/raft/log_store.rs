@@ -6,7 +6,7 @@
 //! plus `sync_file_range` per flush, ~6,000 a second, with 60,000 context switches a second).
 //! Half of the leader's CPU went there and puts sat at 2,500/s whatever the concurrency.
 //! Here an append is one `write` of its encoded entries and one `fdatasync` (see
-//! [`sync_appended`] for why inline).
+//! [`sync_appended`] for where it runs).
 //!
 //! Layout: `DIR/NNNNNNNNNNNNNNNNNNNN.seg`, named after the first index written to it, each
 //! record `len: u32 LE | crc32(payload): u32 LE | payload` where the payload is the bincode
@@ -32,10 +32,11 @@ use std::fs::{File, OpenOptions};
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, Vote};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftLogReader, Vote};
 
 use super::codec;
 use super::{Entry, LogId, NodeId, StorageError, TypeConfig};
@@ -96,10 +97,78 @@ struct Log {
     segment_bytes: u64,
 }
 
+/// Which appended entries are on disk. The leader reports its own appends to openraft
+/// before their `fdatasync` (see [`FileLogStore::append`]), so openraft's commit index may
+/// run ahead of what this node has synced; everything a client or another node can observe
+/// is held back to [`Durability::index`] instead.
+struct Durability {
+    /// Highest log index known synced.
+    index: tokio::sync::watch::Sender<u64>,
+    /// Bumped by every truncation, so a sync that started before one cannot vouch for the
+    /// entries that replaced what it synced.
+    generation: AtomicU64,
+    /// Wakes the flusher thread.
+    flush: Mutex<std::sync::mpsc::Sender<()>>,
+    /// The term this node leads, once its vote for itself is committed.
+    leading_term: Mutex<Option<u64>>,
+    /// Set when the flusher's sync failed: appends are then synced inline, so the failure
+    /// reaches openraft (which stops the node) instead of leaving it a leader that never
+    /// applies.
+    flusher_failed: std::sync::atomic::AtomicBool,
+}
+
+impl Durability {
+    /// Records that entries up to `index` are synced, unless a truncation since `generation`
+    /// replaced some of them. Called with the log locked (truncations hold it too).
+    fn synced(&self, generation: u64, index: u64) {
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.index.send_if_modified(|d| {
+                let raised = index > *d;
+                *d = (*d).max(index);
+                raised
+            });
+        }
+    }
+}
+
+/// Syncs what the leader appended without waiting for it, grouping every append that
+/// arrived meanwhile into one `fdatasync`. Runs until the store is dropped.
+fn run_flusher(
+    log: Arc<Mutex<Log>>,
+    durability: Arc<Durability>,
+    wake: std::sync::mpsc::Receiver<()>,
+) {
+    while wake.recv().is_ok() {
+        while wake.try_recv().is_ok() {}
+        let (generation, upto) = {
+            let log = lock(&log);
+            (
+                durability.generation.load(Ordering::Acquire),
+                log.last_log_id().map_or(0, |l| l.index),
+            )
+        };
+        match sync_appended(&log) {
+            Ok(()) => {
+                let _log = lock(&log);
+                durability.synced(generation, upto);
+            }
+            // Nothing after this point is reported durable, so applies and client answers
+            // stop; the next inline sync reports the failure to openraft.
+            Err(e) => {
+                tracing::error!(error = %e, "raft log fdatasync failed");
+                durability.flusher_failed.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
 /// The log store. Cheap to clone: openraft's log reader is just another clone.
 #[derive(Clone)]
 pub struct FileLogStore {
     log: Arc<Mutex<Log>>,
+    durability: Arc<Durability>,
+    /// This node, to tell its own leadership from a vote for another node.
+    id: NodeId,
     /// For durable meta writes (sled flushes every tree at once).
     db: sled::Db,
     /// Vote, committed log id, last purged log id.
@@ -125,12 +194,11 @@ fn lock(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
 /// Makes everything appended so far durable: the active segment, and any segment sealed
 /// since the last sync.
 ///
-/// Called inline by `append`, on the Raft runtime's thread. openraft 0.9's core awaits each
-/// append's flush before it does anything else (replication of the new entries included), so
-/// at most one append is ever waiting: a separate group-commit thread batched nothing and
-/// only added two thread wake-ups to every write's critical path, on the leader and on each
-/// follower (puts at concurrency 1: 854–933 ops/s with the thread, 1,000–1,005 inline; A/B,
-/// two rounds each).
+/// Called inline by `append` on a follower (openraft 0.9's core awaits each append's flush
+/// before it does anything else, so a sync thread there would batch nothing and only add
+/// two thread wake-ups per write: puts at concurrency 1 ran at 854–933 ops/s with one,
+/// 1,000–1,005 inline), and by the sync thread for the leader's own appends, which the
+/// core no longer waits for (see [`FileLogStore::append`]).
 fn sync_appended(log: &Mutex<Log>) -> std::io::Result<()> {
     let files = {
         let mut log = lock(log);
@@ -537,18 +605,62 @@ impl Log {
 impl FileLogStore {
     /// Opens (or creates) the log in `dir`, with its meta in `db`. A log still held in the
     /// `raft_log` sled tree by an older Bowline is moved into segments first.
-    pub fn open(dir: &Path, db: &sled::Db) -> Result<Self, StorageError> {
+    pub fn open(dir: &Path, db: &sled::Db, id: NodeId) -> Result<Self, StorageError> {
         let meta = db
             .open_tree("raft_meta")
             .map_err(|e| read_err(ErrorSubject::Store, e))?;
         let last_purged = get_meta::<LogId>(&meta, KEY_LAST_PURGED)?;
         let mut log = Log::load(dir, last_purged)?;
         migrate_sled_log(db, &mut log)?;
+        // A process killed after a write but before its sync leaves the data in the page
+        // cache, readable but not yet durable: sync once before anything relies on it.
+        let last = log.last_log_id().map_or(0, |l| l.index);
+        let log = Arc::new(Mutex::new(log));
+        sync_appended(&log).map_err(|e| write_err(ErrorSubject::Logs, e))?;
+        let (flush, wake) = std::sync::mpsc::channel();
+        let durability = Arc::new(Durability {
+            index: tokio::sync::watch::channel(last).0,
+            generation: AtomicU64::new(0),
+            flush: Mutex::new(flush),
+            leading_term: Mutex::new(None),
+            flusher_failed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (flusher_log, flusher_durability) = (log.clone(), durability.clone());
+        std::thread::Builder::new()
+            .name("raft log sync".to_string())
+            .spawn(move || run_flusher(flusher_log, flusher_durability, wake))
+            .map_err(|e| write_err(ErrorSubject::Logs, e))?;
         Ok(Self {
-            log: Arc::new(Mutex::new(log)),
+            log,
+            durability,
+            id,
             db: db.clone(),
             meta,
         })
+    }
+
+    /// Follows the highest log index that is on disk here.
+    pub fn durable_index(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durability.index.subscribe()
+    }
+
+    /// `commit`, lowered to what this node has synced: the commit index a leader sends its
+    /// followers. openraft counts the leader's own appends before they are synced, so its
+    /// commit index alone may cover an entry that one follower holds on disk and nobody
+    /// else; a follower that applied it could show a write a crash then loses.
+    pub fn clamp_commit(&self, commit: Option<LogId>) -> Option<LogId> {
+        let commit = commit?;
+        let durable = *self.durability.index.borrow();
+        if commit.index <= durable {
+            return Some(commit);
+        }
+        let log = lock(&self.log);
+        match log.first_index() {
+            Some(first) if durable >= first => {
+                log.slots.get((durable - first) as usize).map(|s| s.log_id)
+            }
+            _ => log.last_purged.filter(|p| p.index <= durable),
+        }
     }
 
     async fn put_meta_durable<T: serde::Serialize>(
@@ -704,6 +816,16 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        // Until the new vote is saved, this node's appends are synced before they are
+        // reported (a vote for another node ends this node's leadership).
+        let leading = vote.is_committed() && vote.leader_id().voted_for() == Some(self.id);
+        if !leading {
+            *self
+                .durability
+                .leading_term
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+        }
         // A vote must be durable before it is granted, or a restarted node could vote twice
         // in one term.
         self.put_meta_durable(KEY_VOTE, vote).await.map_err(|e| {
@@ -712,7 +834,15 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
                 ErrorVerb::Write,
                 std::io::Error::other(e.to_string()),
             )
-        })
+        })?;
+        if leading {
+            *self
+                .durability
+                .leading_term
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(vote.leader_id().term);
+        }
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -730,7 +860,11 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(get_meta::<Option<LogId>>(&self.meta, KEY_COMMITTED)?.flatten())
+        let committed = get_meta::<Option<LogId>>(&self.meta, KEY_COMMITTED)?.flatten();
+        // A leader saves a commit index its own log may not have synced (see `append`); if
+        // it crashed before the sync, that index is past its log and is not kept.
+        let last = lock(&self.log).last_log_id().map(|l| l.index);
+        Ok(committed.filter(|c| last.is_some_and(|l| c.index <= l)))
     }
 
     async fn append<I>(
@@ -742,26 +876,75 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        let mut has_membership = false;
         let encoded = entries
             .into_iter()
             .map(|entry| {
+                has_membership |= matches!(entry.payload, EntryPayload::Membership(_));
                 codec::encode(&entry)
                     .map(|bytes| (entry.log_id, bytes))
                     .map_err(|e| write_err(ErrorSubject::Logs, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        lock(&self.log)
-            .append(encoded)
-            .map_err(|e| write_err(ErrorSubject::Logs, e))?;
+        let leading_term = *self
+            .durability
+            .leading_term
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // The leader's own entries of its term, membership changes aside, are reported
+        // appended before they are synced, so openraft replicates them while the sync runs
+        // (it waits for this report before it sends anything) instead of after: etcd's
+        // leader, too, writes its log and sends to followers in parallel. Nothing observable
+        // depends on the report: the state machine applies an entry only once it is synced
+        // here (`durable_index`), followers learn a commit index no higher than that
+        // (`clamp_commit`), and a client is answered only after apply. So an acknowledged
+        // write is still on disk on a majority: this node and a follower that synced it
+        // before acknowledging it.
+        let early = leading_term.is_some_and(|term| {
+            encoded
+                .iter()
+                .all(|(log_id, _)| log_id.leader_id.term == term)
+        }) && !has_membership
+            && !self.durability.flusher_failed.load(Ordering::Acquire);
+        let (generation, last) = {
+            let mut log = lock(&self.log);
+            log.append(encoded)
+                .map_err(|e| write_err(ErrorSubject::Logs, e))?;
+            (
+                self.durability.generation.load(Ordering::Acquire),
+                log.last_log_id().map_or(0, |l| l.index),
+            )
+        };
+        if early {
+            callback.log_io_completed(Ok(()));
+            let _ = self
+                .durability
+                .flush
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(());
+            return Ok(());
+        }
         // Durable before acknowledged: openraft counts this node towards a commit quorum only
         // once the callback fires, after the fdatasync.
-        callback.log_io_completed(sync_appended(&self.log));
+        let synced = sync_appended(&self.log);
+        if synced.is_ok() {
+            let _log = lock(&self.log);
+            self.durability.synced(generation, last);
+        }
+        callback.log_io_completed(synced);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        lock(&self.log)
-            .truncate(log_id.index)
+        let mut log = lock(&self.log);
+        self.durability.generation.fetch_add(1, Ordering::AcqRel);
+        self.durability.index.send_if_modified(|d| {
+            let lowered = *d >= log_id.index;
+            *d = (*d).min(log_id.index.saturating_sub(1));
+            lowered
+        });
+        log.truncate(log_id.index)
             .map_err(|e| write_err(ErrorSubject::Logs, e))
     }
 
@@ -925,6 +1108,81 @@ mod tests {
             .unwrap()
             .len();
         assert_eq!(on_disk, end, "the torn bytes are gone");
+    }
+
+    fn open_store() -> (tempfile::TempDir, FileLogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let store = FileLogStore::open(&dir.path().join("raft-log"), &db, 1).unwrap();
+        (dir, store)
+    }
+
+    fn log_id(index: u64) -> LogId {
+        blank(index).0
+    }
+
+    #[test]
+    fn the_commit_sent_to_followers_never_passes_what_this_node_has_synced() {
+        let (_dir, store) = open_store();
+        // Written as a leader's early-reported append is: not synced yet.
+        lock(&store.log)
+            .append(vec![blank(1), blank(2), blank(3)])
+            .unwrap();
+        store.durability.index.send_replace(1);
+        assert_eq!(store.clamp_commit(Some(log_id(3))), Some(log_id(1)));
+        assert_eq!(store.clamp_commit(Some(log_id(1))), Some(log_id(1)));
+        assert_eq!(store.clamp_commit(None), None);
+        store.durability.index.send_replace(3);
+        assert_eq!(store.clamp_commit(Some(log_id(3))), Some(log_id(3)));
+    }
+
+    #[test]
+    fn the_flusher_syncs_early_reported_appends_and_a_truncation_lowers_the_synced_index() {
+        let (_dir, mut store) = open_store();
+        let durable = store.durable_index();
+        lock(&store.log)
+            .append(vec![blank(1), blank(2), blank(3)])
+            .unwrap();
+        assert_eq!(
+            *durable.borrow(),
+            0,
+            "nothing is synced until the flusher runs"
+        );
+        store.durability.flush.lock().unwrap().send(()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while *durable.borrow() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flusher never synced"
+            );
+            std::thread::yield_now();
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(store.truncate(log_id(2))).unwrap();
+        assert_eq!(*durable.borrow(), 1);
+    }
+
+    #[test]
+    fn a_saved_commit_index_past_the_log_is_not_read_back() {
+        let (_dir, mut store) = open_store();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        lock(&store.log).append(vec![blank(1), blank(2)]).unwrap();
+        runtime
+            .block_on(store.save_committed(Some(log_id(2))))
+            .unwrap();
+        assert_eq!(
+            runtime.block_on(store.read_committed()).unwrap(),
+            Some(log_id(2))
+        );
+        // A leader that crashed before syncing entry 3 had saved it as committed.
+        runtime
+            .block_on(store.save_committed(Some(log_id(3))))
+            .unwrap();
+        assert_eq!(runtime.block_on(store.read_committed()).unwrap(), None);
     }
 
     #[test]

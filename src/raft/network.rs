@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
 use super::codec;
+use super::log_store::FileLogStore;
 use super::{NodeAddr, NodeId, TypeConfig};
 use crate::command::{Command, CommandResult};
 use crate::proto::peer::raft_peer_client::RaftPeerClient;
@@ -203,6 +204,8 @@ impl PeerClients {
 pub struct PeerNetworkFactory {
     /// Shared channel cache.
     pub clients: PeerClients,
+    /// This node's log, whose synced index caps the commit index sent to followers.
+    pub log: Option<FileLogStore>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
@@ -213,6 +216,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             target,
             addr: node.peer_addr.clone(),
             clients: self.clients.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -225,6 +229,8 @@ pub struct PeerConnection {
     addr: String,
     /// Channel cache.
     clients: PeerClients,
+    /// See [`PeerNetworkFactory::log`].
+    log: Option<FileLogStore>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeAddr, E>>;
@@ -310,9 +316,13 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        // A follower applies what it is told is committed; see `FileLogStore::clamp_commit`.
+        if let Some(log) = &self.log {
+            rpc.leader_commit = log.clamp_commit(rpc.leader_commit);
+        }
         self.call("append_entries", &rpc, &option).await
     }
 

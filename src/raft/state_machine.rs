@@ -96,6 +96,9 @@ pub struct StateMachineStore {
     applied: AppliedState,
     /// Counter that makes snapshot ids unique within a process.
     snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
+    /// The highest log index on disk on this node, if applies must wait for it (see
+    /// [`Self::apply_only_synced`]).
+    durable_log: Option<watch::Receiver<u64>>,
 }
 
 fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> StorageError {
@@ -145,7 +148,18 @@ impl StateMachineStore {
                 hub,
             },
             snapshot_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            durable_log: None,
         })
+    }
+
+    /// Applies an entry only once this node's log has it on disk (`durable_log` follows the
+    /// highest synced index). The leader's log reports its appends to openraft before they
+    /// are synced, so openraft may call an entry committed while one follower alone holds
+    /// it on disk; waiting here keeps every effect of such an entry (state, watch events,
+    /// the client's answer) back until a majority has it.
+    pub fn apply_only_synced(mut self, durable_log: watch::Receiver<u64>) -> Self {
+        self.durable_log = Some(durable_log);
+        self
     }
 
     /// The read handle for the API layer.
@@ -287,6 +301,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(durable), Some(last)) = (&self.durable_log, entries.last()) {
+            let last = last.log_id.index;
+            if *durable.borrow() < last {
+                durable
+                    .clone()
+                    .wait_for(|synced| *synced >= last)
+                    .await
+                    .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+            }
+        }
         let mut results = Vec::new();
         let last_index;
         {
@@ -423,15 +448,36 @@ mod tests {
         seen.recv_timeout(Duration::from_secs(30)).is_ok()
     }
 
+    fn blank_entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_is_applied_only_once_the_log_has_synced_it() {
+        let (_dir, store) = open_store();
+        let (synced, durable) = watch::channel(0u64);
+        let mut store = store.apply_only_synced(durable);
+        let state = store.applied.inner.clone();
+        let mut apply = Box::pin(store.apply(vec![blank_entry(1)]));
+        assert!(
+            futures::poll!(apply.as_mut()).is_pending(),
+            "applied an entry the log had not synced"
+        );
+        assert_eq!(state.read().unwrap().last_applied, None);
+        synced.send(1).unwrap();
+        apply.await.unwrap();
+        assert_eq!(state.read().unwrap().last_applied.map(|l| l.index), Some(1));
+    }
+
     #[test]
     fn an_apply_waiting_for_a_reader_leaves_the_runtime_thread_to_other_tasks() {
         let runtime = one_worker_runtime();
         let (_dir, mut store) = open_store();
         let state = store.applied.inner.clone();
-        let entry = Entry {
-            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
-            payload: EntryPayload::Blank,
-        };
+        let entry = blank_entry(1);
         // A long reader: a snapshot being encoded, a large listing.
         let reader = state.read().unwrap();
         // Spawned first, so the worker takes it first and waits for the lock in it.
