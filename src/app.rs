@@ -294,6 +294,19 @@ pub async fn run_node(
         .await?
         .context("start raft")?;
 
+    {
+        // Followers learn a commit index capped at what this node has synced; when the cap
+        // bit and the sync has caught up, a heartbeat tells them the rest at once.
+        let (raft, log) = (raft.clone(), log_store.clone());
+        raft_runtime.handle().spawn(async move {
+            loop {
+                log.commit_capped_then_synced().await;
+                if raft.trigger().heartbeat().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     if config.initial_cluster_state == ClusterState::New
         && config.initial_cluster.contains_key(&config.id)
         && !raft.is_initialized().await.context("raft state")?

@@ -115,6 +115,11 @@ struct Durability {
     /// reaches openraft (which stops the node) instead of leaving it a leader that never
     /// applies.
     flusher_failed: std::sync::atomic::AtomicBool,
+    /// Set when a commit index sent to followers was capped: once the sync catches up,
+    /// [`FileLogStore::commit_capped_then_synced`] wakes whoever sends them the rest, or
+    /// the last write before a quiet spell would reach followers a heartbeat late.
+    commit_capped: std::sync::atomic::AtomicBool,
+    synced_after_cap: tokio::sync::Notify,
 }
 
 impl Durability {
@@ -149,8 +154,13 @@ fn run_flusher(
         };
         match sync_appended(&log) {
             Ok(()) => {
-                let _log = lock(&log);
-                durability.synced(generation, upto);
+                {
+                    let _log = lock(&log);
+                    durability.synced(generation, upto);
+                }
+                if durability.commit_capped.swap(false, Ordering::AcqRel) {
+                    durability.synced_after_cap.notify_one();
+                }
             }
             // Nothing after this point is reported durable, so applies and client answers
             // stop; the next inline sync reports the failure to openraft.
@@ -624,6 +634,8 @@ impl FileLogStore {
             flush: Mutex::new(flush),
             leading_term: Mutex::new(None),
             flusher_failed: std::sync::atomic::AtomicBool::new(false),
+            commit_capped: std::sync::atomic::AtomicBool::new(false),
+            synced_after_cap: tokio::sync::Notify::new(),
         });
         let (flusher_log, flusher_durability) = (log.clone(), durability.clone());
         std::thread::Builder::new()
@@ -644,6 +656,12 @@ impl FileLogStore {
         self.durability.index.subscribe()
     }
 
+    /// Waits until a commit index was capped by [`Self::clamp_commit`] and the sync has
+    /// since caught up: the moment to send followers the full commit index.
+    pub async fn commit_capped_then_synced(&self) {
+        self.durability.synced_after_cap.notified().await
+    }
+
     /// `commit`, lowered to what this node has synced: the commit index a leader sends its
     /// followers. openraft counts the leader's own appends before they are synced, so its
     /// commit index alone may cover an entry that one follower holds on disk and nobody
@@ -653,6 +671,13 @@ impl FileLogStore {
         let durable = *self.durability.index.borrow();
         if commit.index <= durable {
             return Some(commit);
+        }
+        self.durability.commit_capped.store(true, Ordering::Release);
+        // The sync may have published in between and missed the flag.
+        if *self.durability.index.borrow() >= commit.index
+            && self.durability.commit_capped.swap(false, Ordering::AcqRel)
+        {
+            self.durability.synced_after_cap.notify_one();
         }
         let log = lock(&self.log);
         match log.first_index() {
