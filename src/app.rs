@@ -295,8 +295,8 @@ pub async fn run_node(
         .context("start raft")?;
 
     {
-        // Followers learn a commit index capped at what this node has synced; when the cap
-        // bit and the sync has caught up, a heartbeat tells them the rest at once.
+        // Followers learn a commit index capped at what this node has synced; once a cap
+        // has applied and the sync has caught up, a heartbeat tells them the rest at once.
         let (raft, log) = (raft.clone(), log_store.clone());
         raft_runtime.handle().spawn(async move {
             loop {

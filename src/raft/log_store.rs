@@ -32,7 +32,7 @@ use std::fs::{File, OpenOptions};
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -108,17 +108,18 @@ struct Durability {
     /// entries that replaced what it synced.
     generation: AtomicU64,
     /// Wakes the flusher thread.
-    flush: Mutex<std::sync::mpsc::Sender<()>>,
-    /// The term this node leads, once its vote for itself is committed.
-    leading_term: Mutex<Option<u64>>,
+    flush: std::sync::mpsc::Sender<()>,
+    /// The term this node leads once its vote for itself is committed; 0 when it does not
+    /// lead (no leader is elected in term 0).
+    leading_term: AtomicU64,
     /// Set when the flusher's sync failed: appends are then synced inline, so the failure
     /// reaches openraft (which stops the node) instead of leaving it a leader that never
     /// applies.
-    flusher_failed: std::sync::atomic::AtomicBool,
+    flusher_failed: AtomicBool,
     /// Set when a commit index sent to followers was capped: once the sync catches up,
     /// [`FileLogStore::commit_capped_then_synced`] wakes whoever sends them the rest, or
     /// the last write before a quiet spell would reach followers a heartbeat late.
-    commit_capped: std::sync::atomic::AtomicBool,
+    commit_capped: AtomicBool,
     synced_after_cap: tokio::sync::Notify,
 }
 
@@ -132,6 +133,14 @@ impl Durability {
                 *d = (*d).max(index);
                 raised
             });
+        }
+    }
+
+    /// Wakes [`FileLogStore::commit_capped_then_synced`] if a commit index was capped since
+    /// the last wake; called once the synced index has moved past the cap.
+    fn wake_if_capped(&self) {
+        if self.commit_capped.swap(false, Ordering::AcqRel) {
+            self.synced_after_cap.notify_one();
         }
     }
 }
@@ -158,9 +167,7 @@ fn run_flusher(
                     let _log = lock(&log);
                     durability.synced(generation, upto);
                 }
-                if durability.commit_capped.swap(false, Ordering::AcqRel) {
-                    durability.synced_after_cap.notify_one();
-                }
+                durability.wake_if_capped();
             }
             // Nothing after this point is reported durable, so applies and client answers
             // stop; the next inline sync reports the failure to openraft.
@@ -631,10 +638,10 @@ impl FileLogStore {
         let durability = Arc::new(Durability {
             index: tokio::sync::watch::channel(last).0,
             generation: AtomicU64::new(0),
-            flush: Mutex::new(flush),
-            leading_term: Mutex::new(None),
-            flusher_failed: std::sync::atomic::AtomicBool::new(false),
-            commit_capped: std::sync::atomic::AtomicBool::new(false),
+            flush,
+            leading_term: AtomicU64::new(0),
+            flusher_failed: AtomicBool::new(false),
+            commit_capped: AtomicBool::new(false),
             synced_after_cap: tokio::sync::Notify::new(),
         });
         let (flusher_log, flusher_durability) = (log.clone(), durability.clone());
@@ -674,10 +681,8 @@ impl FileLogStore {
         }
         self.durability.commit_capped.store(true, Ordering::Release);
         // The sync may have published in between and missed the flag.
-        if *self.durability.index.borrow() >= commit.index
-            && self.durability.commit_capped.swap(false, Ordering::AcqRel)
-        {
-            self.durability.synced_after_cap.notify_one();
+        if *self.durability.index.borrow() >= commit.index {
+            self.durability.wake_if_capped();
         }
         let log = lock(&self.log);
         match log.first_index() {
@@ -845,11 +850,7 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
         // reported (a vote for another node ends this node's leadership).
         let leading = vote.is_committed() && vote.leader_id().voted_for() == Some(self.id);
         if !leading {
-            *self
-                .durability
-                .leading_term
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = None;
+            self.durability.leading_term.store(0, Ordering::Release);
         }
         // A vote must be durable before it is granted, or a restarted node could vote twice
         // in one term.
@@ -861,11 +862,9 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
             )
         })?;
         if leading {
-            *self
-                .durability
+            self.durability
                 .leading_term
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(vote.leader_id().term);
+                .store(vote.leader_id().term, Ordering::Release);
         }
         Ok(())
     }
@@ -911,11 +910,7 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
                     .map_err(|e| write_err(ErrorSubject::Logs, e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let leading_term = *self
-            .durability
-            .leading_term
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let leading_term = self.durability.leading_term.load(Ordering::Acquire);
         // The leader's own entries of its term, membership changes aside, are reported
         // appended before they are synced, so openraft replicates them while the sync runs
         // (it waits for this report before it sends anything) instead of after: etcd's
@@ -925,11 +920,11 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
         // (`clamp_commit`), and a client is answered only after apply. So an acknowledged
         // write is still on disk on a majority: this node and a follower that synced it
         // before acknowledging it.
-        let early = leading_term.is_some_and(|term| {
-            encoded
+        let early = leading_term != 0
+            && encoded
                 .iter()
-                .all(|(log_id, _)| log_id.leader_id.term == term)
-        }) && !has_membership
+                .all(|(log_id, _)| log_id.leader_id.term == leading_term)
+            && !has_membership
             && !self.durability.flusher_failed.load(Ordering::Acquire);
         let (generation, last) = {
             let mut log = lock(&self.log);
@@ -942,12 +937,7 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
         };
         if early {
             callback.log_io_completed(Ok(()));
-            let _ = self
-                .durability
-                .flush
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send(());
+            let _ = self.durability.flush.send(());
             return Ok(());
         }
         // Durable before acknowledged: openraft counts this node towards a commit quorum only
@@ -1173,18 +1163,19 @@ mod tests {
             0,
             "nothing is synced until the flusher runs"
         );
-        store.durability.flush.lock().unwrap().send(()).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while *durable.borrow() < 3 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the flusher never synced"
-            );
-            std::thread::yield_now();
-        }
+        store.durability.flush.send(()).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap();
+        let mut synced = durable.clone();
+        let wait = async {
+            let limit = std::time::Duration::from_secs(30);
+            tokio::time::timeout(limit, synced.wait_for(|index| *index >= 3))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        };
+        assert!(runtime.block_on(wait), "the flusher never synced");
         runtime.block_on(store.truncate(log_id(2))).unwrap();
         assert_eq!(*durable.borrow(), 1);
     }

@@ -19,11 +19,12 @@ use super::network::ConsensusError;
 use crate::command::{Command, CommandResult};
 
 /// Batches proposed but not yet answered. More than one lets the next batch append while
-/// the previous one replicates; more than two only queued entries inside openraft's core,
-/// which appends and syncs them one at a time anyway, so each carried fewer writes. Two
-/// against four, alternating runs with everything else equal: puts at concurrency 16 were
-/// faster in all four pairs (5,421-6,366 against 5,211-5,554 ops/s), 64 and 256 within
-/// the noise; eight was slower everywhere.
+/// the previous one replicates. Chosen while the leader still synced each entry inside
+/// openraft's core: more than two then only queued entries there, each carrying fewer
+/// writes, and two against four was faster at concurrency 16 in all four alternating pairs
+/// (5,421-6,366 against 5,211-5,554 ops/s), 64 and 256 within the noise; eight was slower
+/// everywhere. Since the leader's sync moved to its own thread, one, two and four measured
+/// within the noise of each other (two rounds).
 pub const MAX_IN_FLIGHT: usize = 2;
 /// Most commands in one entry.
 pub const MAX_BATCH_COMMANDS: usize = 512;

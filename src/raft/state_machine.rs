@@ -263,17 +263,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             // Encoded under the read lock, with no copy of the state: a copy of a large state
             // took longer than encoding it (a string allocation per field), and writers
             // waited behind it just the same.
-            let guard = applied.read().unwrap_or_else(|e| e.into_inner());
-            let data = codec::encode(&guard.state)
-                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-            let last_applied = guard.last_applied;
+            let (data, last_applied, last_membership) = {
+                let guard = applied.read().unwrap_or_else(|e| e.into_inner());
+                let data = codec::encode(&guard.state)
+                    .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+                (data, guard.last_applied, guard.membership.clone())
+            };
             let snapshot_id = match last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
                 None => format!("none-{seq}"),
             };
             let meta = SnapshotMeta {
                 last_log_id: last_applied,
-                last_membership: guard.membership.clone(),
+                last_membership,
                 snapshot_id,
             };
             Ok((meta, data))
