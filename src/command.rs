@@ -21,11 +21,11 @@ pub struct Proposal {
 
 impl Proposal {
     /// Wraps the commands of one entry (see [`crate::raft::proposal_batch`]), stamping the
-    /// proposer's clock. (Single `V1` commands are only read from older logs.)
-    pub fn batch(commands: Vec<Command>) -> Self {
+    /// proposer's clock. (`V1` and `Batch` entries are only read from older logs.)
+    pub fn encoded(commands: EncodedBatch) -> Self {
         Self {
             proposed_at_ms: unix_millis_now(),
-            command: VersionedCommand::Batch(commands),
+            command: VersionedCommand::Encoded(commands),
         }
     }
 }
@@ -46,15 +46,84 @@ pub enum VersionedCommand {
     V1(Command),
     /// Several commands in one entry, applied in order, each at a revision of its own.
     Batch(Vec<Command>),
+    /// Like `Batch`, kept in its encoding until applied.
+    Encoded(EncodedBatch),
 }
 
 impl VersionedCommand {
     /// The commands, in the order they apply, owned (to move them into the state).
-    pub fn into_commands(self) -> Vec<Command> {
+    pub fn into_commands(self) -> Result<Vec<Command>, bincode::error::DecodeError> {
         match self {
-            VersionedCommand::V1(command) => vec![command],
-            VersionedCommand::Batch(commands) => commands,
+            VersionedCommand::V1(command) => Ok(vec![command]),
+            VersionedCommand::Batch(commands) => Ok(commands),
+            VersionedCommand::Encoded(batch) => batch.decode(),
         }
+    }
+}
+
+/// The commands of one entry as the encoding of a `Vec<Command>`, built from commands
+/// encoded one by one as they arrived.
+///
+/// An entry is written to the log, sent to each follower, read back for replication and
+/// stored again by every follower before it is applied. As a `Vec<Command>` it was encoded
+/// or decoded field by field at each of those steps, and cloned string by string; as bytes
+/// each is a copy, and the commands are decoded once, when applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedBatch(bytes::Bytes);
+
+impl EncodedBatch {
+    /// Joins commands encoded one by one (with [`crate::raft::codec::encode`]) into the
+    /// encoding of the `Vec<Command>` they make: the count, then each command.
+    pub fn join(commands: &[bytes::Bytes]) -> Self {
+        // A sequence's length is encoded as the u64 it converts to (bincode's `usize`).
+        let count = crate::raft::codec::encode(&(commands.len() as u64)).unwrap_or_default();
+        let mut bytes =
+            Vec::with_capacity(count.len() + commands.iter().map(|c| c.len()).sum::<usize>());
+        bytes.extend_from_slice(&count);
+        for command in commands {
+            bytes.extend_from_slice(command);
+        }
+        Self(bytes.into())
+    }
+
+    /// The commands, decoded.
+    pub fn decode(&self) -> Result<Vec<Command>, bincode::error::DecodeError> {
+        crate::raft::codec::decode(&self.0)
+    }
+
+    /// Encoded size in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no bytes (never true of a joined batch, which holds its count).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for EncodedBatch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for EncodedBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BytesVisitor;
+        impl<'de> serde::de::Visitor<'de> for BytesVisitor {
+            type Value = EncodedBatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the bytes of an encoded command batch")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(EncodedBatch(bytes::Bytes::copy_from_slice(v)))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+                Ok(EncodedBatch(v.into()))
+            }
+        }
+        deserializer.deserialize_byte_buf(BytesVisitor)
     }
 }
 
@@ -245,4 +314,69 @@ pub enum ApplyError {
     /// A precondition on other state failed (for example an endpoint of an unknown service).
     #[error("{0}")]
     FailedPrecondition(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::codec;
+
+    fn commands(n: u64) -> Vec<Command> {
+        (0..n)
+            .map(|i| Command::DeregisterService {
+                namespace: "default".to_string(),
+                name: format!("svc-{i}"),
+                expected_revision: (i % 2 == 0).then_some(i),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_joined_batch_is_the_encoding_of_the_command_vector() {
+        // 300 needs a multi-byte count, 0 and 1 the shortest.
+        for n in [0, 1, 7, 300] {
+            let commands = commands(n);
+            let one_by_one: Vec<bytes::Bytes> = commands
+                .iter()
+                .map(|c| codec::encode(c).unwrap().into())
+                .collect();
+            let joined = EncodedBatch::join(&one_by_one);
+            assert_eq!(
+                joined.0.as_ref(),
+                codec::encode(&commands).unwrap().as_slice()
+            );
+            assert_eq!(joined.decode().unwrap(), commands);
+        }
+    }
+
+    #[test]
+    fn encoded_and_older_proposals_decode_to_the_same_commands() {
+        let commands = commands(3);
+        let encoded: Vec<bytes::Bytes> = commands
+            .iter()
+            .map(|c| codec::encode(c).unwrap().into())
+            .collect();
+        let proposal = Proposal::encoded(EncodedBatch::join(&encoded));
+        let bytes = codec::encode(&proposal).unwrap();
+        let owned: Proposal = codec::decode(&bytes).unwrap();
+        let borrowed: Proposal = codec::decode_borrowed(&bytes).unwrap();
+        assert_eq!(owned, proposal);
+        assert_eq!(borrowed, proposal);
+        assert_eq!(owned.command.into_commands().unwrap(), commands);
+
+        // Entries written by earlier versions still apply.
+        let older = Proposal {
+            proposed_at_ms: 1,
+            command: VersionedCommand::Batch(commands.clone()),
+        };
+        let older: Proposal = codec::decode(&codec::encode(&older).unwrap()).unwrap();
+        assert_eq!(older.command.into_commands().unwrap(), commands);
+    }
+
+    #[test]
+    fn a_corrupt_batch_is_an_error_not_a_panic() {
+        let batch = EncodedBatch(bytes::Bytes::from_static(&[5, 0, 1]));
+        assert!(batch.decode().is_err());
+        assert!(VersionedCommand::Encoded(batch).into_commands().is_err());
+    }
 }

@@ -17,7 +17,7 @@ use super::read_index::{ConfirmationPicker, ReadIndexBatcher, RestoredLeadership
 use super::read_lease::ReadLease;
 use super::state_machine::AppliedState;
 use super::{NodeAddr, NodeId, Raft};
-use crate::command::{Command, CommandResult, Proposal};
+use crate::command::{Command, CommandResult, EncodedBatch, Proposal};
 
 /// A learner further behind than this is not promoted: as a voter it would slow commits or
 /// cost the quorum.
@@ -52,7 +52,7 @@ pub struct Consensus {
     /// batch here runs through that one on the leader, and sharing a queue would deadlock.
     pub read_barrier_batch: ReadIndexBatcher,
     /// Packs concurrent writes on the leader into shared entries.
-    pub write_batch: ProposalBatcher,
+    pub write_batch: ProposalBatcher<bytes::Bytes>,
     /// The leadership openraft restored at start-up, if this node led when it stopped.
     pub restored: Option<RestoredLeadership>,
     /// Which followers confirm this leader's read indexes.
@@ -482,10 +482,19 @@ impl Consensus {
         let mut last_error;
         loop {
             let attempt = match self.leader() {
-                Some((leader, _)) if leader == self.id => self.execute_local(request.clone()).await,
+                Some((leader, _)) if leader == self.id => match &request {
+                    // The common case, without a copy of the command per attempt.
+                    ForwardRequest::Write(command) => self.propose_write(command).await,
+                    // Boxed like the forward below: membership changes make it large.
+                    _ => Box::pin(self.execute_local(request.clone())).await,
+                },
                 Some((leader, Some(node))) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    match self.peers.forward(&node.peer_addr, &request, remaining).await {
+                    // Boxed: the RPC's future is large, and inline it made every local write's
+                    // future (moved whole into tonic's box) that much larger too.
+                    let forward =
+                        Box::pin(self.peers.forward(&node.peer_addr, &request, remaining));
+                    match forward.await {
                         // Never connected: the write was not sent, so trying again is safe.
                         Err(ConsensusError::Unavailable(e))
                             if is_write && !e.contains("tcp connect error") =>
@@ -524,6 +533,39 @@ impl Consensus {
         }
     }
 
+    /// Proposes a write on this node, which must be the leader, batched with concurrent ones.
+    /// The command is encoded here, once: the entry carries the encoding to the log, to the
+    /// followers and back to apply (see [`EncodedBatch`]).
+    async fn propose_write(&self, command: &Command) -> Result<ForwardReply, ConsensusError> {
+        if self.handing_off.load(Ordering::Relaxed) {
+            // Not proposed, so the caller may safely retry it with the next leader.
+            return Err(ConsensusError::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            });
+        }
+        let encoded: bytes::Bytes = codec::encode(command)
+            .map_err(|e| ConsensusError::Rejected(format!("cannot encode: {e}")))?
+            .into();
+        let encoded_len = encoded.len();
+        let raft = self.raft.clone();
+        let propose = move |commands: Vec<bytes::Bytes>| {
+            let raft = raft.clone();
+            async move {
+                let proposal = Proposal::encoded(EncodedBatch::join(&commands));
+                match raft.client_write(proposal).await {
+                    Ok(response) => Ok(response.data),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => not_leader(f),
+                    Err(e) => Err(fatal(e)),
+                }
+            }
+        };
+        self.write_batch
+            .write(encoded, encoded_len, propose)
+            .await
+            .map(|(revision, result)| ForwardReply::Written { revision, result })
+    }
+
     /// Executes a request on this node, which must be the leader. Used for local requests and
     /// for requests forwarded by followers (which are never forwarded again, so a request
     /// cannot bounce between two nodes that disagree about who leads).
@@ -532,34 +574,7 @@ impl Consensus {
         request: ForwardRequest,
     ) -> Result<ForwardReply, ConsensusError> {
         match request {
-            ForwardRequest::Write(_) if self.handing_off.load(Ordering::Relaxed) => {
-                // Not proposed, so the caller may safely retry it with the next leader.
-                Err(ConsensusError::NotLeader {
-                    leader_id: None,
-                    leader_addr: None,
-                })
-            }
-            ForwardRequest::Write(command) => {
-                let encoded_len = codec::encoded_len(&command)
-                    .map_err(|e| ConsensusError::Rejected(format!("cannot encode: {e}")))?;
-                let raft = self.raft.clone();
-                let propose = move |commands: Vec<Command>| {
-                    let raft = raft.clone();
-                    async move {
-                        match raft.client_write(Proposal::batch(commands)).await {
-                            Ok(response) => Ok(response.data),
-                            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                                not_leader(f)
-                            }
-                            Err(e) => Err(fatal(e)),
-                        }
-                    }
-                };
-                self.write_batch
-                    .write(command, encoded_len, propose)
-                    .await
-                    .map(|(revision, result)| ForwardReply::Written { revision, result })
-            }
+            ForwardRequest::Write(command) => self.propose_write(&command).await,
             // Answered by whichever node it is sent to (a follower, by design).
             ForwardRequest::ConfirmLeader(vote) => {
                 Ok(ForwardReply::LeaderConfirmed(self.holds_vote(vote).await))

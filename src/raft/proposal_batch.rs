@@ -36,17 +36,25 @@ pub const MAX_BATCH_BYTES: usize = 1 << 20;
 pub type WriteOutcome = Result<(u64, CommandResult), ConsensusError>;
 type Waiter = oneshot::Sender<WriteOutcome>;
 
-#[derive(Default)]
-struct Queue {
+struct Queue<T> {
     /// Writes waiting for a batch, with their encoded size.
-    waiting: Vec<(Command, usize, Waiter)>,
+    waiting: Vec<(T, usize, Waiter)>,
     /// Whether a driver task is forming batches.
     driving: bool,
 }
 
-impl Queue {
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Self {
+            waiting: Vec::new(),
+            driving: false,
+        }
+    }
+}
+
+impl<T> Queue<T> {
     /// Takes the oldest writes that fit in one batch.
-    fn take_batch(&mut self) -> Vec<(Command, usize, Waiter)> {
+    fn take_batch(&mut self) -> Vec<(T, usize, Waiter)> {
         let mut bytes = 0;
         let mut count = 0;
         for (_, size, _) in &self.waiting {
@@ -60,16 +68,26 @@ impl Queue {
     }
 }
 
-/// Coalesces concurrent writes into batches. Cheap to clone.
-#[derive(Clone)]
-pub struct ProposalBatcher {
-    queue: Arc<Mutex<Queue>>,
+/// Coalesces concurrent writes (commands, as `T`: the leader passes them encoded) into
+/// batches. Cheap to clone.
+pub struct ProposalBatcher<T = Command> {
+    queue: Arc<Mutex<Queue<T>>>,
     in_flight: Arc<Semaphore>,
     /// Where each batch's size is recorded, if anywhere.
     batch_sizes: Option<prometheus::Histogram>,
 }
 
-impl Default for ProposalBatcher {
+impl<T> Clone for ProposalBatcher<T> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+            in_flight: self.in_flight.clone(),
+            batch_sizes: self.batch_sizes.clone(),
+        }
+    }
+}
+
+impl<T> Default for ProposalBatcher<T> {
     fn default() -> Self {
         Self {
             queue: Arc::default(),
@@ -79,7 +97,7 @@ impl Default for ProposalBatcher {
     }
 }
 
-impl ProposalBatcher {
+impl<T: Send + 'static> ProposalBatcher<T> {
     /// A batcher that records the number of commands of each batch in `batch_sizes`.
     pub fn with_batch_sizes(batch_sizes: prometheus::Histogram) -> Self {
         Self {
@@ -99,14 +117,9 @@ impl ProposalBatcher {
     /// Queues `command` (of `encoded_len` bytes) and waits for its outcome. `propose` proposes
     /// one batch and returns a result per command, in order; it is called by a driver task
     /// that whichever caller finds none running starts, until no write is waiting.
-    pub async fn write<F, Fut>(
-        &self,
-        command: Command,
-        encoded_len: usize,
-        propose: F,
-    ) -> WriteOutcome
+    pub async fn write<F, Fut>(&self, command: T, encoded_len: usize, propose: F) -> WriteOutcome
     where
-        F: Fn(Vec<Command>) -> Fut + Send + Sync + 'static,
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<Vec<(u64, CommandResult)>, ConsensusError>>
             + Send
             + 'static,
@@ -141,7 +154,7 @@ impl ProposalBatcher {
                     }
                     let propose = propose.clone();
                     tokio::spawn(async move {
-                        let (commands, waiters): (Vec<Command>, Vec<Waiter>) =
+                        let (commands, waiters): (Vec<T>, Vec<Waiter>) =
                             batch.into_iter().map(|(c, _, w)| (c, w)).unzip();
                         let count = commands.len();
                         let outcome = propose(commands).await;

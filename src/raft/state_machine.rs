@@ -101,6 +101,13 @@ pub struct StateMachineStore {
     durable_log: Option<watch::Receiver<u64>>,
 }
 
+/// An entry's payload, decoded for apply.
+enum Decoded {
+    Blank,
+    Commands(Vec<crate::command::Command>),
+    Membership(openraft::Membership<NodeId, NodeAddr>),
+}
+
 fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> StorageError {
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
 }
@@ -314,17 +321,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
             }
         }
+        // Decoded before the state is locked, so readers do not wait for it.
+        let entries = entries
+            .into_iter()
+            .map(|entry| {
+                let payload = match entry.payload {
+                    EntryPayload::Blank => Decoded::Blank,
+                    EntryPayload::Normal(proposal) => {
+                        Decoded::Commands(proposal.command.into_commands().map_err(|e| {
+                            io_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Read, e)
+                        })?)
+                    }
+                    EntryPayload::Membership(membership) => Decoded::Membership(membership),
+                };
+                Ok((entry.log_id, payload))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
         let mut results = Vec::new();
         let last_index;
         {
             let mut guard = write_applied(&self.applied.inner);
             let applied = &mut *guard;
-            for entry in entries {
-                applied.last_applied = Some(entry.log_id);
-                let result = match entry.payload {
-                    EntryPayload::Blank => Vec::new(),
-                    EntryPayload::Normal(proposal) => {
-                        let commands = proposal.command.into_commands();
+            for (log_id, payload) in entries {
+                applied.last_applied = Some(log_id);
+                let result = match payload {
+                    Decoded::Blank => Vec::new(),
+                    Decoded::Commands(commands) => {
                         let mut results = Vec::with_capacity(commands.len());
                         for command in commands {
                             // Every change takes the next revision, so the commands of one
@@ -345,8 +367,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         }
                         results
                     }
-                    EntryPayload::Membership(membership) => {
-                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Decoded::Membership(membership) => {
+                        applied.membership = StoredMembership::new(Some(log_id), membership);
                         Vec::new()
                     }
                 };
