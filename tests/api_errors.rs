@@ -330,3 +330,58 @@ async fn bad_input_is_rejected_with_the_field_and_rule_and_changes_nothing() {
     let after = snapshot_of_state(&client).await;
     assert_eq!(before, after, "rejected requests changed the state");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_port_routes_by_service_name_and_refuses_unknown_ones() {
+    let mut cluster = Cluster::start(1).await;
+    cluster.wait_for_leader().await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.nodes[0].client_addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to the client port");
+
+    // The standard health service shares the port with Bowline's own; it turns SERVING once
+    // the node is ready.
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    Cluster::eventually("grpc.health.v1.Health/Check says SERVING", || {
+        let channel = channel.clone();
+        async move {
+            let reply = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .expect("grpc.health.v1.Health/Check is served");
+            (reply.into_inner().status == serving).then_some(())
+        }
+    })
+    .await;
+    let status = pb::cluster_client::ClusterClient::new(channel.clone())
+        .status(pb::StatusRequest {})
+        .await
+        .expect("bowline.v1.Cluster/Status is served");
+    assert_eq!(status.into_inner().leader_id, 1);
+
+    // Unknown services and malformed paths: UNIMPLEMENTED, and the node keeps serving.
+    for path in ["/bowline.v1.Nope/Get", "/bowline.v1.Registry", "/"] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.expect("channel ready");
+        let codec = tonic_prost::ProstCodec::<pb::StatusRequest, pb::StatusResponse>::default();
+        let err = grpc
+            .unary(
+                tonic::Request::new(pb::StatusRequest {}),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                codec,
+            )
+            .await
+            .expect_err("no such service");
+        assert_eq!(err.code(), Code::Unimplemented, "{path}: {err:?}");
+    }
+    let status = pb::cluster_client::ClusterClient::new(channel)
+        .status(pb::StatusRequest {})
+        .await
+        .expect("still serving after unknown paths");
+    assert_eq!(status.into_inner().node_id, 1);
+}
