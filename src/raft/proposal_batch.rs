@@ -68,6 +68,18 @@ impl<T> Queue<T> {
     }
 }
 
+/// The outcome of a batch of one write.
+fn one_outcome(outcome: Result<Vec<(u64, CommandResult)>, ConsensusError>) -> WriteOutcome {
+    let results = outcome?;
+    let count = results.len();
+    match <[_; 1]>::try_from(results) {
+        Ok([result]) => Ok(result),
+        Err(_) => Err(ConsensusError::Ambiguous(format!(
+            "a batch of 1 write returned {count} results"
+        ))),
+    }
+}
+
 /// Coalesces concurrent writes (commands, as `T`: the leader passes them encoded) into
 /// batches. Cheap to clone.
 pub struct ProposalBatcher<T = Command> {
@@ -117,6 +129,10 @@ impl<T: Send + 'static> ProposalBatcher<T> {
     /// Queues `command` (of `encoded_len` bytes) and waits for its outcome. `propose` proposes
     /// one batch and returns a result per command, in order; it is called by a driver task
     /// that whichever caller finds none running starts, until no write is waiting.
+    ///
+    /// A write that finds nothing queued and a batch slot free is proposed alone by its own
+    /// caller: at low load the two task hand-offs of the driver path were most of what
+    /// batching added to a write's latency.
     pub async fn write<F, Fut>(&self, command: T, encoded_len: usize, propose: F) -> WriteOutcome
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
@@ -125,11 +141,31 @@ impl<T: Send + 'static> ProposalBatcher<T> {
             + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let start_driver = {
+        let (start_driver, alone) = {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.waiting.push((command, encoded_len, tx));
-            !std::mem::replace(&mut queue.driving, true)
+            // Under the queue's lock, so a driver cannot take the slot in between and find
+            // nothing to send. The semaphore's waiters (a driver) come first.
+            let alone = queue
+                .waiting
+                .is_empty()
+                .then(|| self.in_flight.clone().try_acquire_owned().ok())
+                .flatten();
+            match alone {
+                Some(permit) => (false, Some((permit, command))),
+                None => {
+                    queue.waiting.push((command, encoded_len, tx));
+                    (!std::mem::replace(&mut queue.driving, true), None)
+                }
+            }
         };
+        if let Some((permit, command)) = alone {
+            if let Some(sizes) = &self.batch_sizes {
+                sizes.observe(1.0);
+            }
+            let outcome = propose(vec![command]).await;
+            drop(permit);
+            return one_outcome(outcome);
+        }
         if start_driver {
             let queue = self.queue.clone();
             let in_flight = self.in_flight.clone();
@@ -318,6 +354,77 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), idle)
             .await
             .expect("the batcher becomes idle again");
+    }
+
+    #[tokio::test]
+    async fn a_lone_write_is_proposed_by_its_own_task_and_a_queued_one_by_the_driver() {
+        /// Writes `i` and reports which task proposed it; returns the writer's task.
+        fn write_reporting_proposer(
+            batcher: &ProposalBatcher,
+            i: usize,
+        ) -> (
+            tokio::task::JoinHandle<tokio::task::Id>,
+            oneshot::Receiver<Option<tokio::task::Id>>,
+        ) {
+            let (tx, rx) = oneshot::channel();
+            let tx = Mutex::new(Some(tx));
+            let batcher = batcher.clone();
+            let writer = tokio::spawn(async move {
+                let outcome = batcher
+                    .write(command(i), 10, move |commands: Vec<Command>| {
+                        let tx = tx.lock().unwrap().take();
+                        async move {
+                            if let Some(tx) = tx {
+                                let _ = tx.send(tokio::task::try_id());
+                            }
+                            Ok(commands
+                                .iter()
+                                .map(|_| (1, Ok(crate::command::Applied::Nothing)))
+                                .collect())
+                        }
+                    })
+                    .await;
+                assert!(outcome.is_ok());
+                tokio::task::id()
+            });
+            (writer, rx)
+        }
+
+        let batcher = ProposalBatcher::default();
+        let (writer, proposer) = write_reporting_proposer(&batcher, 1);
+        let proposer = proposer.await.expect("proposed").expect("inside a task");
+        assert_eq!(
+            writer.await.expect("task"),
+            proposer,
+            "a lone write waits for no driver"
+        );
+
+        // With every slot taken, a write queues and the driver proposes it.
+        let slots: Vec<_> = (0..MAX_IN_FLIGHT)
+            .map(|_| {
+                batcher
+                    .in_flight
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("free slot")
+            })
+            .collect();
+        let (writer, proposer) = write_reporting_proposer(&batcher, 2);
+        let queued = async {
+            while batcher.queue.lock().unwrap().waiting.is_empty() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), queued)
+            .await
+            .expect("the write queues while no slot is free");
+        drop(slots);
+        let proposer = proposer.await.expect("proposed").expect("inside a task");
+        assert_ne!(
+            writer.await.expect("task"),
+            proposer,
+            "a queued write is proposed by the driver"
+        );
     }
 
     #[tokio::test]
