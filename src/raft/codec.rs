@@ -17,13 +17,6 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::Encode
     bincode::serde::encode_to_vec(value, config())
 }
 
-/// The length of a value's encoding, without allocating it.
-pub fn encoded_len<T: Serialize>(value: &T) -> Result<usize, bincode::error::EncodeError> {
-    let mut size = bincode::enc::write::SizeWriter::default();
-    bincode::serde::encode_into_writer(value, &mut size, config())?;
-    Ok(size.bytes_written)
-}
-
 /// Decodes a value, rejecting trailing bytes (a sign of a different type or corruption).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
     let (value, read) = bincode::serde::decode_from_slice(bytes, config())?;
