@@ -74,31 +74,21 @@ pub struct EncodedBatch(bytes::Bytes);
 impl EncodedBatch {
     /// Joins commands encoded one by one (with [`crate::raft::codec::encode`]) into the
     /// encoding of the `Vec<Command>` they make: the count, then each command.
-    pub fn join(commands: &[bytes::Bytes]) -> Self {
+    pub fn join(commands: &[bytes::Bytes]) -> Result<Self, bincode::error::EncodeError> {
         // A sequence's length is encoded as the u64 it converts to (bincode's `usize`).
-        let count = crate::raft::codec::encode(&(commands.len() as u64)).unwrap_or_default();
+        let count = crate::raft::codec::encode(&(commands.len() as u64))?;
         let mut bytes =
             Vec::with_capacity(count.len() + commands.iter().map(|c| c.len()).sum::<usize>());
         bytes.extend_from_slice(&count);
         for command in commands {
             bytes.extend_from_slice(command);
         }
-        Self(bytes.into())
+        Ok(Self(bytes.into()))
     }
 
     /// The commands, decoded.
     pub fn decode(&self) -> Result<Vec<Command>, bincode::error::DecodeError> {
         crate::raft::codec::decode(&self.0)
-    }
-
-    /// Encoded size in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are no bytes (never true of a joined batch, which holds its count).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
@@ -340,7 +330,7 @@ mod tests {
                 .iter()
                 .map(|c| codec::encode(c).unwrap().into())
                 .collect();
-            let joined = EncodedBatch::join(&one_by_one);
+            let joined = EncodedBatch::join(&one_by_one).unwrap();
             assert_eq!(
                 joined.0.as_ref(),
                 codec::encode(&commands).unwrap().as_slice()
@@ -356,7 +346,7 @@ mod tests {
             .iter()
             .map(|c| codec::encode(c).unwrap().into())
             .collect();
-        let proposal = Proposal::encoded(EncodedBatch::join(&encoded));
+        let proposal = Proposal::encoded(EncodedBatch::join(&encoded).unwrap());
         let bytes = codec::encode(&proposal).unwrap();
         let owned: Proposal = codec::decode(&bytes).unwrap();
         let borrowed: Proposal = codec::decode_borrowed(&bytes).unwrap();

@@ -552,8 +552,9 @@ impl Consensus {
         let propose = move |commands: Vec<bytes::Bytes>| {
             let raft = raft.clone();
             async move {
-                let proposal = Proposal::encoded(EncodedBatch::join(&commands));
-                match raft.client_write(proposal).await {
+                let batch = EncodedBatch::join(&commands)
+                    .map_err(|e| ConsensusError::Rejected(format!("cannot encode: {e}")))?;
+                match raft.client_write(Proposal::encoded(batch)).await {
                     Ok(response) => Ok(response.data),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => not_leader(f),
                     Err(e) => Err(fatal(e)),

@@ -125,8 +125,9 @@ struct Durability {
 
 impl Durability {
     /// Records that entries up to `index` are synced, unless a truncation since `generation`
-    /// replaced some of them. Called with the log locked (truncations hold it too).
-    fn synced(&self, generation: u64, index: u64) {
+    /// replaced some of them. Takes the log's lock, which truncations hold too.
+    fn synced(&self, log: &Mutex<Log>, generation: u64, index: u64) {
+        let _log = lock(log);
         if self.generation.load(Ordering::Acquire) == generation {
             self.index.send_if_modified(|d| {
                 let raised = index > *d;
@@ -163,10 +164,7 @@ fn run_flusher(
         };
         match sync_appended(&log) {
             Ok(()) => {
-                {
-                    let _log = lock(&log);
-                    durability.synced(generation, upto);
-                }
+                durability.synced(&log, generation, upto);
                 durability.wake_if_capped();
             }
             // Nothing after this point is reported durable, so applies and client answers
@@ -944,8 +942,7 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
         // once the callback fires, after the fdatasync.
         let synced = sync_appended(&self.log);
         if synced.is_ok() {
-            let _log = lock(&self.log);
-            self.durability.synced(generation, last);
+            self.durability.synced(&self.log, generation, last);
         }
         callback.log_io_completed(synced);
         Ok(())

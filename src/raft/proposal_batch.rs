@@ -68,15 +68,25 @@ impl<T> Queue<T> {
     }
 }
 
-/// The outcome of a batch of one write.
-fn one_outcome(outcome: Result<Vec<(u64, CommandResult)>, ConsensusError>) -> WriteOutcome {
-    let results = outcome?;
-    let count = results.len();
-    match <[_; 1]>::try_from(results) {
-        Ok([result]) => Ok(result),
-        Err(_) => Err(ConsensusError::Ambiguous(format!(
-            "a batch of 1 write returned {count} results"
-        ))),
+/// Gives each writer of a batch its result (in order), or every writer the batch's error;
+/// a batch that answered some other number of writes fails them all as ambiguous.
+fn answer(waiters: Vec<Waiter>, outcome: Result<Vec<(u64, CommandResult)>, ConsensusError>) {
+    let count = waiters.len();
+    let e = match outcome {
+        Ok(results) if results.len() == count => {
+            for (waiter, result) in waiters.into_iter().zip(results) {
+                let _ = waiter.send(Ok(result));
+            }
+            return;
+        }
+        Ok(results) => ConsensusError::Ambiguous(format!(
+            "a batch of {count} writes returned {} results",
+            results.len()
+        )),
+        Err(e) => e,
+    };
+    for waiter in waiters {
+        let _ = waiter.send(Err(e.clone()));
     }
 }
 
@@ -151,20 +161,20 @@ impl<T: Send + 'static> ProposalBatcher<T> {
                 .then(|| self.in_flight.clone().try_acquire_owned().ok())
                 .flatten();
             match alone {
-                Some(permit) => (false, Some((permit, command))),
+                Some(permit) => (false, Some((permit, command, tx))),
                 None => {
                     queue.waiting.push((command, encoded_len, tx));
                     (!std::mem::replace(&mut queue.driving, true), None)
                 }
             }
         };
-        if let Some((permit, command)) = alone {
+        if let Some((permit, command, tx)) = alone {
             if let Some(sizes) = &self.batch_sizes {
                 sizes.observe(1.0);
             }
             let outcome = propose(vec![command]).await;
             drop(permit);
-            return one_outcome(outcome);
+            answer(vec![tx], outcome);
         }
         if start_driver {
             let queue = self.queue.clone();
@@ -192,30 +202,9 @@ impl<T: Send + 'static> ProposalBatcher<T> {
                     tokio::spawn(async move {
                         let (commands, waiters): (Vec<T>, Vec<Waiter>) =
                             batch.into_iter().map(|(c, _, w)| (c, w)).unzip();
-                        let count = commands.len();
                         let outcome = propose(commands).await;
                         drop(permit);
-                        match outcome {
-                            Ok(results) if results.len() == count => {
-                                for (waiter, result) in waiters.into_iter().zip(results) {
-                                    let _ = waiter.send(Ok(result));
-                                }
-                            }
-                            Ok(results) => {
-                                let e = ConsensusError::Ambiguous(format!(
-                                    "a batch of {count} writes returned {} results",
-                                    results.len()
-                                ));
-                                for waiter in waiters {
-                                    let _ = waiter.send(Err(e.clone()));
-                                }
-                            }
-                            Err(e) => {
-                                for waiter in waiters {
-                                    let _ = waiter.send(Err(e.clone()));
-                                }
-                            }
-                        }
+                        answer(waiters, outcome);
                     });
                 }
             });

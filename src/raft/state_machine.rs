@@ -310,17 +310,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        if let (Some(durable), Some(last)) = (&self.durable_log, entries.last()) {
-            let last = last.log_id.index;
-            if *durable.borrow() < last {
-                durable
-                    .clone()
-                    .wait_for(|synced| *synced >= last)
-                    .await
-                    .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-            }
-        }
         // Decoded before the state is locked, so readers do not wait for it.
         let entries = entries
             .into_iter()
@@ -337,6 +326,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 Ok((entry.log_id, payload))
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
+        if let (Some(durable), Some((last, _))) = (&self.durable_log, entries.last()) {
+            let last = last.index;
+            if *durable.borrow() < last {
+                durable
+                    .clone()
+                    .wait_for(|synced| *synced >= last)
+                    .await
+                    .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+            }
+        }
         let mut results = Vec::new();
         let last_index;
         {
