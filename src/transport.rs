@@ -93,7 +93,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescingStream<S> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
