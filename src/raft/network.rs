@@ -160,7 +160,8 @@ impl PeerClients {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10));
         let _runtime = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
-        let client = RaftPeerClient::new(endpoint.connect_lazy())
+        let channel = endpoint.connect_with_connector_lazy(crate::transport::CoalescingConnector);
+        let client = RaftPeerClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         channels.insert(addr.to_string(), client.clone());
