@@ -32,7 +32,8 @@ pub trait DieWithParent {
     /// Has the child receive SIGKILL when the thread that started it exits, so a run killed
     /// by a signal (which skips every `Drop`) leaves no nodes, etcd members or Envoys behind.
     /// Children are started from the runtime's worker threads or the main thread, which live
-    /// as long as the run.
+    /// as long as the run. The child also gets transparent huge pages back (this process
+    /// turned them off for itself), so etcd and Envoy run with the machine's setting.
     fn die_with_parent(&mut self) -> &mut Self;
 }
 
@@ -44,6 +45,9 @@ impl DieWithParent for Command {
         unsafe {
             self.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

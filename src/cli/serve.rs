@@ -340,26 +340,7 @@ pub async fn shutdown_signal() {
 /// Runs `bowline serve`.
 pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
-    disable_transparent_huge_pages();
     run_node(config, shutdown_signal()).await
-}
-
-/// Keeps this process off transparent huge pages, as Redis and most databases advise.
-/// mimalloc asks the kernel for huge pages on its arenas, so the first touch of each 2 MiB
-/// region made the kernel zero all of it at once: while the registry grew under `bench put`
-/// at concurrency 64, zeroing pages took 15 % of the machine's CPU, and puts ran at 19,000
-/// instead of 25,000 ops/s with a p99 of 12 instead of 5 ms. The flag applies to this process
-/// (and is inherited by children, which `serve` has none of); the machine is untouched.
-fn disable_transparent_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and only sets a flag on this
-    // process; no memory is passed.
-    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if rc != 0 {
-        tracing::debug!(
-            error = %std::io::Error::last_os_error(),
-            "could not turn transparent huge pages off for this process"
-        );
-    }
 }
 
 #[cfg(test)]
