@@ -566,9 +566,33 @@ pub struct ReadBenchArgs {
     /// Seconds per run at most.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Which reads to measure.
+    #[arg(long, value_delimiter = ',', default_value = "linearizable,stale")]
+    pub reads: Vec<ReadConsistency>,
+    /// Which nodes to read from.
+    #[arg(long, value_delimiter = ',', default_value = "leader,follower")]
+    pub from: Vec<ReadNode>,
     /// Side-by-side flags.
     #[command(flatten)]
     pub compare: CompareArgs,
+}
+
+/// The read consistencies `bench read` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadConsistency {
+    /// Read index (Bowline) or quorum read (etcd).
+    Linearizable,
+    /// The node's own state (Bowline) or a serializable read (etcd).
+    Stale,
+}
+
+/// The node `bench read` reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadNode {
+    /// The current leader.
+    Leader,
+    /// A follower.
+    Follower,
 }
 
 /// Runs `bowline bench read`: linearizable and stale reads against the leader and a follower.
@@ -604,7 +628,23 @@ pub async fn run_read(args: &ReadBenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut round = 0;
     for linearizable in [true, false] {
+        let consistency = if linearizable {
+            ReadConsistency::Linearizable
+        } else {
+            ReadConsistency::Stale
+        };
+        if !args.reads.contains(&consistency) {
+            continue;
+        }
         for on_leader in [true, false] {
+            let node = if on_leader {
+                ReadNode::Leader
+            } else {
+                ReadNode::Follower
+            };
+            if !args.from.contains(&node) {
+                continue;
+            }
             let mut nodes = Vec::new();
             for t in &targets {
                 let leader = t.leader(Duration::from_secs(30)).await?;
