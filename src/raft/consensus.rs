@@ -549,9 +549,12 @@ impl Consensus {
             .into();
         let encoded_len = encoded.len();
         let raft = self.raft.clone();
+        // Boxed: openraft's `client_write` future is a few kilobytes, and inline it made every
+        // write's future (which tonic moves, and each layer moves again) that large: 4,352
+        // bytes, copied several times per put.
         let propose = move |commands: Vec<bytes::Bytes>| {
             let raft = raft.clone();
-            async move {
+            Box::pin(async move {
                 let batch = EncodedBatch::join(&commands)
                     .map_err(|e| ConsensusError::Rejected(format!("cannot encode: {e}")))?;
                 match raft.client_write(Proposal::encoded(batch)).await {
@@ -559,7 +562,7 @@ impl Consensus {
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => not_leader(f),
                     Err(e) => Err(fatal(e)),
                 }
-            }
+            })
         };
         self.write_batch
             .write(encoded, encoded_len, propose)
