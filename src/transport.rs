@@ -161,7 +161,12 @@ impl tonic::codegen::Service<Uri> for CoalescingConnector {
             let port = uri.port_u16().unwrap_or(80);
             // An IPv6 literal comes bracketed in a URI.
             let host = host.trim_start_matches('[').trim_end_matches(']');
-            let stream = TcpStream::connect((host, port)).await?;
+            // Worded as hyper's own connector words it: a write forwarded to a leader that
+            // could not be connected to was never sent, and `Consensus::submit` retries it
+            // only when the error says so.
+            let stream = TcpStream::connect((host, port))
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("tcp connect error: {e}")))?;
             stream.set_nodelay(true)?;
             Ok(TokioIo::new(CoalescingStream::new(stream)))
         })
@@ -235,5 +240,22 @@ mod tests {
         drop(listener);
         let uri: Uri = format!("http://{addr}").parse().unwrap();
         assert!(CoalescingConnector.call(uri).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_reads_as_a_tcp_connect_error() {
+        use tonic_health::pb::health_client::HealthClient;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_with_connector_lazy(CoalescingConnector);
+        let status = HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("tcp connect error"), "{status:?}");
     }
 }

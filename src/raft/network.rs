@@ -157,7 +157,6 @@ impl PeerClients {
         let endpoint = Channel::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("bad peer address {addr}: {e}"))?
             .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10));
         let _runtime = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
         let channel = endpoint.connect_with_connector_lazy(crate::transport::CoalescingConnector);
