@@ -1,7 +1,5 @@
 //! In-memory indexes of the registry and config store, and the read views over them.
 
-use std::borrow::Borrow;
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -54,72 +52,6 @@ pub struct RegistryState {
     pub configs: BTreeMap<(ConfigKind, String, String), StoredConfig>,
 }
 
-/// A `(namespace, name)` or `(namespace, service, id)` key, owned or borrowed, so that a
-/// lookup by `&str`s need not build owned `String`s first: every read of a service used to
-/// allocate two, in the path that serves each `GetService`.
-trait KeyParts {
-    fn parts(&self) -> [&str; 3];
-}
-
-impl KeyParts for (String, String) {
-    fn parts(&self) -> [&str; 3] {
-        [&self.0, &self.1, ""]
-    }
-}
-
-impl KeyParts for (&str, &str) {
-    fn parts(&self) -> [&str; 3] {
-        [self.0, self.1, ""]
-    }
-}
-
-impl KeyParts for (String, String, String) {
-    fn parts(&self) -> [&str; 3] {
-        [&self.0, &self.1, &self.2]
-    }
-}
-
-impl KeyParts for (&str, &str, &str) {
-    fn parts(&self) -> [&str; 3] {
-        [self.0, self.1, self.2]
-    }
-}
-
-// The maps order their tuple keys field by field, which is how `[&str; 3]` compares, so a
-// borrowed key finds exactly the owned key equal to it. Pairs and triples never meet in
-// one map.
-impl PartialEq for dyn KeyParts + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn KeyParts + '_ {}
-
-impl PartialOrd for dyn KeyParts + '_ {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for dyn KeyParts + '_ {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.parts().cmp(&other.parts())
-    }
-}
-
-impl<'a> Borrow<dyn KeyParts + 'a> for (String, String) {
-    fn borrow(&self) -> &(dyn KeyParts + 'a) {
-        self
-    }
-}
-
-impl<'a> Borrow<dyn KeyParts + 'a> for (String, String, String) {
-    fn borrow(&self) -> &(dyn KeyParts + 'a) {
-        self
-    }
-}
-
 /// True when every pair in `selector` is among `labels`.
 pub fn labels_match(
     labels: &BTreeMap<String, String>,
@@ -131,7 +63,8 @@ pub fn labels_match(
 impl RegistryState {
     /// One service.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Stored<Service>> {
-        self.services.get(&(namespace, name) as &dyn KeyParts)
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
     }
 
     /// Services in a namespace (all when empty) whose labels match the selector.
@@ -151,7 +84,7 @@ impl RegistryState {
     /// One endpoint.
     pub fn endpoint(&self, namespace: &str, service: &str, id: &str) -> Option<&Stored<Endpoint>> {
         self.endpoints
-            .get(&(namespace, service, id) as &dyn KeyParts)
+            .get(&(namespace.to_string(), service.to_string(), id.to_string()))
     }
 
     /// Endpoints filtered by namespace and service (all when empty) and a label selector.
@@ -201,49 +134,5 @@ impl RegistryState {
     /// Number of stored objects, for metrics and status.
     pub fn object_count(&self) -> usize {
         self.services.len() + self.endpoints.len() + self.configs.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Names whose pairs differ only where one ends and the next begins, or by a prefix.
-    const NAMES: [&str; 6] = ["", "a", "ab", "abc", "b", "a/b"];
-
-    #[test]
-    fn borrowed_keys_order_exactly_as_owned_tuples_do() {
-        for a in NAMES {
-            for b in NAMES {
-                for c in NAMES {
-                    for d in NAMES {
-                        let owned =
-                            (a.to_string(), b.to_string()).cmp(&(c.to_string(), d.to_string()));
-                        let borrowed = (&(a, b) as &dyn KeyParts).cmp(&(c, d) as &dyn KeyParts);
-                        assert_eq!(owned, borrowed, "({a:?},{b:?}) vs ({c:?},{d:?})");
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn a_lookup_by_borrowed_names_finds_exactly_the_equal_key() {
-        let mut pairs = BTreeMap::new();
-        let mut triples = BTreeMap::new();
-        for (i, a) in NAMES.iter().enumerate() {
-            for (j, b) in NAMES.iter().enumerate() {
-                pairs.insert((a.to_string(), b.to_string()), (i, j));
-                triples.insert((a.to_string(), b.to_string(), "id".to_string()), (i, j));
-            }
-        }
-        for (i, a) in NAMES.iter().enumerate() {
-            for (j, b) in NAMES.iter().enumerate() {
-                assert_eq!(pairs.get(&(*a, *b) as &dyn KeyParts), Some(&(i, j)));
-                assert_eq!(triples.get(&(*a, *b, "id") as &dyn KeyParts), Some(&(i, j)));
-                assert_eq!(triples.get(&(*a, *b, "other") as &dyn KeyParts), None);
-            }
-        }
-        assert_eq!(pairs.get(&("zzz", "a") as &dyn KeyParts), None);
     }
 }
