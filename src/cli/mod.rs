@@ -245,3 +245,37 @@ fn quiet_on_closed_stdout() {
         default_hook(info);
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `prctl(PR_GET_THP_DISABLE)` says in a child started as the benchmarks start
+    /// etcd and Envoy.
+    fn child_thp_disabled() -> String {
+        use crate::bench::cluster::DieWithParent;
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import ctypes; print(ctypes.CDLL(None).prctl(42, 0, 0, 0, 0))",
+            ])
+            .die_with_parent()
+            .output()
+            .expect("run python3");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn bowline_runs_without_transparent_huge_pages_and_other_programs_get_them_back() {
+        keep_off_transparent_huge_pages();
+        // SAFETY: PR_GET_THP_DISABLE reads a flag of this process; no memory is passed.
+        let here = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        assert_eq!(here, 1, "this process still allows transparent huge pages");
+        assert_eq!(
+            child_thp_disabled(),
+            "0",
+            "a child that is another program inherited the flag"
+        );
+    }
+}
