@@ -627,24 +627,16 @@ pub async fn run_read(args: &ReadBenchArgs) -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     let mut round = 0;
-    for linearizable in [true, false] {
-        let consistency = if linearizable {
-            ReadConsistency::Linearizable
-        } else {
-            ReadConsistency::Stale
-        };
+    for consistency in [ReadConsistency::Linearizable, ReadConsistency::Stale] {
         if !args.reads.contains(&consistency) {
             continue;
         }
-        for on_leader in [true, false] {
-            let node = if on_leader {
-                ReadNode::Leader
-            } else {
-                ReadNode::Follower
-            };
+        let linearizable = consistency == ReadConsistency::Linearizable;
+        for node in [ReadNode::Leader, ReadNode::Follower] {
             if !args.from.contains(&node) {
                 continue;
             }
+            let on_leader = node == ReadNode::Leader;
             let mut nodes = Vec::new();
             for t in &targets {
                 let leader = t.leader(Duration::from_secs(30)).await?;

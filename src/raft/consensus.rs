@@ -99,6 +99,11 @@ fn not_leader<E>(
     })
 }
 
+/// A write this node could not encode: refused, never proposed.
+fn cannot_encode(e: bincode::error::EncodeError) -> ConsensusError {
+    ConsensusError::Rejected(format!("cannot encode: {e}"))
+}
+
 fn fatal(e: impl std::fmt::Display) -> ConsensusError {
     ConsensusError::ShuttingDown(e.to_string())
 }
@@ -544,9 +549,7 @@ impl Consensus {
                 leader_addr: None,
             });
         }
-        let encoded: bytes::Bytes = codec::encode(command)
-            .map_err(|e| ConsensusError::Rejected(format!("cannot encode: {e}")))?
-            .into();
+        let encoded: bytes::Bytes = codec::encode(command).map_err(cannot_encode)?.into();
         let encoded_len = encoded.len();
         let raft = self.raft.clone();
         // Boxed: openraft's `client_write` future is a few kilobytes, and inline it made every
@@ -555,8 +558,7 @@ impl Consensus {
         let propose = move |commands: Vec<bytes::Bytes>| {
             let raft = raft.clone();
             Box::pin(async move {
-                let batch = EncodedBatch::join(&commands)
-                    .map_err(|e| ConsensusError::Rejected(format!("cannot encode: {e}")))?;
+                let batch = EncodedBatch::join(&commands).map_err(cannot_encode)?;
                 match raft.client_write(Proposal::encoded(batch)).await {
                     Ok(response) => Ok(response.data),
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => not_leader(f),
