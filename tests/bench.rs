@@ -39,6 +39,13 @@ fn assert_both_systems_ran_cleanly(rows: &Value) {
             );
             assert_eq!(r["errors"], 0, "{system} had errors: {row}");
             assert!(r["latency"]["p99_ms"].as_f64().unwrap() > 0.0, "{row}");
+            // The run started both clusters, so it knows their processes and counts their CPU.
+            for side in ["servers_us", "client_us"] {
+                assert!(
+                    r["cpu"][side].as_f64().is_some_and(|us| us >= 0.0),
+                    "{system} has no {side} CPU per operation: {row}"
+                );
+            }
         }
         assert!(row["throughput_ratio"].as_f64().unwrap() > 0.0, "{row}");
     }

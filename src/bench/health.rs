@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cluster::LocalCluster;
-use super::{write_json, CommonArgs};
+use super::{cpu_seconds, write_json, CommonArgs};
 use crate::client::{Client, ClientOptions};
 use crate::proto::v1 as pb;
 
@@ -131,27 +131,6 @@ fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
         .iter()
         .find(|(_, c)| *c >= q * total)
         .map_or(f64::INFINITY, |(le, _)| *le)
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz.max(1.0)
 }
 
 /// Runs `bowline bench health`.
@@ -283,7 +262,7 @@ pub async fn run(args: &HealthBenchArgs) -> anyhow::Result<()> {
         .await
         .map(|(_, b)| b)
         .unwrap_or_default();
-    let cpu_before = cpu_seconds(pid);
+    let cpu_before = cpu_seconds(pid).unwrap_or(0.0);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let after = crate::cli::http_get(&admin, "/metrics")
@@ -291,7 +270,7 @@ pub async fn run(args: &HealthBenchArgs) -> anyhow::Result<()> {
         .map(|(_, b)| b)
         .unwrap_or_default();
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = (cpu_seconds(pid) - cpu_before) / elapsed;
+    let cpu = (cpu_seconds(pid).unwrap_or(0.0) - cpu_before) / elapsed;
     let probes = metric_sum(&after, "bowline_health_probes_total", "kind=\"http\"")
         - metric_sum(&before, "bowline_health_probes_total", "kind=\"http\"");
     let failed = metric_sum(&after, "bowline_health_probes_total", "result=\"fail\"")

@@ -294,6 +294,20 @@ impl Target {
         None
     }
 
+    /// Process ids of the servers, when this run started them.
+    fn server_pids(&self) -> Vec<u32> {
+        let pids: Vec<u32> = match (&self.bowline, &self.etcd) {
+            (Some(cluster), _) => (0..cluster.len()).map(|i| cluster.pid(i)).collect(),
+            (_, Some(cluster)) => (0..self.addrs.len()).map(|i| cluster.pid(i)).collect(),
+            _ => Vec::new(),
+        };
+        if pids.contains(&0) {
+            // A member is down: its CPU cannot be counted, so none is.
+            return Vec::new();
+        }
+        pids
+    }
+
     /// A follower's index (any node that is not `leader`).
     pub fn follower_of(&self, leader: usize) -> usize {
         (leader + 1) % self.nodes.len()
@@ -316,6 +330,55 @@ pub struct RunStats {
     /// The first error seen, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// CPU time per successful operation, when the run could read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuPerOp>,
+}
+
+/// CPU time (user plus system) per successful operation, in microseconds. On a machine whose
+/// cores the servers and the load generator share, this says what throughput alone cannot:
+/// how much of the machine each system needs per operation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CpuPerOp {
+    /// All of the system's server processes together (absent for a cluster this run did
+    /// not start: its processes are not known here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub servers_us: Option<f64>,
+    /// The load generator: this process.
+    pub client_us: f64,
+}
+
+/// CPU seconds used so far by each process in `pids` together; `None` if any cannot be
+/// read (or there are none).
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| super::cpu_seconds(pid)).sum()
+}
+
+impl CpuPerOp {
+    /// From CPU seconds read before and after a run of `ops` operations.
+    fn between(
+        servers: (Option<f64>, Option<f64>),
+        client: (Option<f64>, Option<f64>),
+        ops: u64,
+    ) -> Option<CpuPerOp> {
+        if ops == 0 {
+            return None;
+        }
+        let per_op = |before: f64, after: f64| (after - before).max(0.0) * 1e6 / ops as f64;
+        let (Some(client_before), Some(client_after)) = client else {
+            return None;
+        };
+        Some(CpuPerOp {
+            servers_us: match servers {
+                (Some(before), Some(after)) => Some(per_op(before, after)),
+                _ => None,
+            },
+            client_us: per_op(client_before, client_after),
+        })
+    }
 }
 
 /// Runs `op(worker, seq)` from `concurrency` workers, each issuing its next operation when
@@ -378,6 +441,7 @@ where
         ops_per_sec: histogram.len() as f64 / seconds.max(1e-9),
         latency: Latency::from_micros(&histogram),
         first_error,
+        cpu: None,
     }
 }
 
@@ -453,6 +517,7 @@ pub fn print_comparisons(rows: &[Comparison]) {
                 .map_or("-".to_string(), |r| format!("{r:.2}x"))
         );
     }
+    print_cpu_per_op(rows);
     for row in rows {
         for (system, r) in &row.results {
             if let Some(e) = &r.first_error {
@@ -462,6 +527,47 @@ pub fn print_comparisons(rows: &[Comparison]) {
                 );
             }
         }
+    }
+}
+
+/// Prints the CPU each system spent per operation, servers and load generator, when any
+/// run could read it.
+fn print_cpu_per_op(rows: &[Comparison]) {
+    if !rows
+        .iter()
+        .any(|row| row.results.values().any(|r| r.cpu.is_some()))
+    {
+        return;
+    }
+    println!();
+    println!(
+        "{:<28} {:>5} | {:>15} {:>10} | {:>15} {:>10} | {:>7}",
+        "CPU µs/op", "CONC", "BOWLINE SERVERS", "CLIENT", "ETCD SERVERS", "CLIENT", "RATIO"
+    );
+    let servers = |r: Option<&RunStats>| r.and_then(|r| r.cpu?.servers_us);
+    let cells = |r: Option<&RunStats>| {
+        let client = r.and_then(|r| r.cpu).map(|c| c.client_us);
+        format!(
+            "{:>15} {:>10}",
+            servers(r).map_or("-".to_string(), |v| format!("{v:.1}")),
+            client.map_or("-".to_string(), |v| format!("{v:.1}"))
+        )
+    };
+    for row in rows {
+        let (ours, theirs) = (row.results.get("bowline"), row.results.get("etcd"));
+        // How many times less CPU Bowline's servers needed per operation.
+        let ratio = match (servers(ours), servers(theirs)) {
+            (Some(b), Some(e)) if b > 0.0 => format!("{:.2}x", e / b),
+            _ => "-".to_string(),
+        };
+        println!(
+            "{:<28} {:>5} | {} | {} | {:>7}",
+            row.workload,
+            row.concurrency,
+            cells(ours),
+            cells(theirs),
+            ratio
+        );
     }
 }
 
@@ -505,10 +611,15 @@ where
     for target in order {
         eprintln!("bench: {workload} c={concurrency} on {}", target.system);
         let run = op(target);
-        results.push((
-            target.system,
-            closed_loop(concurrency, ops, time, run).await,
-        ));
+        let (servers, client) = (target.server_pids(), std::process::id());
+        let cpu_before = (cpu_of(&servers), super::cpu_seconds(client));
+        let mut stats = closed_loop(concurrency, ops, time, run).await;
+        stats.cpu = CpuPerOp::between(
+            (cpu_before.0, cpu_of(&servers)),
+            (cpu_before.1, super::cpu_seconds(client)),
+            stats.ops,
+        );
+        results.push((target.system, stats));
     }
     Comparison::new(workload, concurrency, results)
 }
@@ -689,4 +800,43 @@ pub async fn run_read(args: &ReadBenchArgs) -> anyhow::Result<()> {
     }
     print_comparisons(&rows);
     write_json(&args.compare.json, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_op_divides_what_each_side_spent_by_the_operations() {
+        let cpu = CpuPerOp::between((Some(1.0), Some(1.5)), (Some(2.0), Some(2.2)), 10_000)
+            .expect("both sides read");
+        assert!((cpu.servers_us.expect("servers read") - 50.0).abs() < 1e-9);
+        assert!((cpu.client_us - 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cpu_per_op_leaves_out_what_it_could_not_read() {
+        let unknown_servers = CpuPerOp::between((None, Some(1.0)), (Some(0.0), Some(0.1)), 100);
+        assert_eq!(unknown_servers.and_then(|c| c.servers_us), None);
+        assert!(
+            unknown_servers.is_some(),
+            "the client's own CPU is still known"
+        );
+        assert_eq!(
+            CpuPerOp::between((Some(0.0), Some(1.0)), (None, Some(1.0)), 100),
+            None
+        );
+        assert_eq!(
+            CpuPerOp::between((Some(0.0), Some(1.0)), (Some(0.0), Some(1.0)), 0),
+            None,
+            "no operation, no figure per operation"
+        );
+    }
+
+    #[test]
+    fn no_server_processes_means_no_server_cpu() {
+        assert_eq!(cpu_of(&[]), None);
+        assert_eq!(cpu_of(&[std::process::id(), u32::MAX]), None);
+        assert!(cpu_of(&[std::process::id()]).is_some());
+    }
 }

@@ -116,3 +116,43 @@ pub fn rss_mib(pid: u32) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// User plus system CPU time a process has used so far, in seconds; `None` when it cannot
+/// be read (the process is gone, or this is not Linux).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = stat_cpu_ticks(&stat)?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
+}
+
+/// `utime + stime` from the text of `/proc/PID/stat`, in clock ticks. The fields are counted
+/// after the last `)`, because the command name before it may hold spaces and parentheses.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (raft log (sync) x) S 1 4242 4242 0 -1 4194560 \
+                    900 0 0 0 1234 567 0 0 20 0 12 0 100 0 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(1234 + 567));
+        assert_eq!(stat_cpu_ticks("4242 (cut short) S 1 2"), None);
+        assert_eq!(stat_cpu_ticks("no name at all"), None);
+    }
+
+    #[test]
+    fn cpu_time_reads_for_a_live_process_and_not_for_a_missing_one() {
+        assert!(cpu_seconds(std::process::id()).is_some());
+        assert_eq!(cpu_seconds(u32::MAX), None);
+    }
+}
