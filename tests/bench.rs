@@ -65,6 +65,34 @@ fn put_bench_measures_bowline_and_etcd_side_by_side() {
 }
 
 #[test]
+fn put_bench_in_rounds_reports_the_median_round_and_keeps_every_round() {
+    let rows = bench(&["put", "--concurrency", "16", "--rounds", "3"]);
+    assert_both_systems_ran_cleanly(&rows);
+    let row = &rows.as_array().unwrap()[0];
+    let rounds = row["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3, "{row}");
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .map(|r| {
+            r["bowline"]["ops_per_sec"].as_f64().unwrap()
+                / r["etcd"]["ops_per_sec"].as_f64().unwrap()
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = row["throughput_ratio"].as_f64().unwrap();
+    assert!(
+        (median - ratios[1]).abs() < 1e-9,
+        "median {median} of {ratios:?}"
+    );
+    for round in rounds {
+        for system in ["bowline", "etcd"] {
+            assert!(round[system]["ops"].as_u64().unwrap() > 0, "{round}");
+            assert_eq!(round[system]["errors"], 0, "{round}");
+        }
+    }
+}
+
+#[test]
 fn read_bench_covers_both_consistencies_on_leader_and_follower() {
     let rows = bench(&["read"]);
     assert_both_systems_ran_cleanly(&rows);

@@ -462,6 +462,10 @@ pub struct Comparison {
     /// Bowline's throughput over etcd's (when both ran).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub throughput_ratio: Option<f64>,
+    /// With `--rounds` above 1: every round's results, in the order they ran. `results` and
+    /// `throughput_ratio` above are then those of the median round.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<BTreeMap<String, RunStats>>,
 }
 
 impl Comparison {
@@ -470,17 +474,43 @@ impl Comparison {
             .into_iter()
             .map(|(s, r)| (s.to_string(), r))
             .collect();
-        let throughput_ratio = match (results.get("bowline"), results.get("etcd")) {
-            (Some(b), Some(e)) if e.ops_per_sec > 0.0 => Some(b.ops_per_sec / e.ops_per_sec),
-            _ => None,
-        };
+        let throughput_ratio = ratio(&results);
         Comparison {
             workload,
             concurrency,
             results,
             throughput_ratio,
+            rounds: Vec::new(),
         }
     }
+
+    /// The median of several rounds of one workload: the round whose ratio is the median
+    /// (the lower of the middle two for an even count), a real run rather than a blend of
+    /// several, with every round kept beside it.
+    fn median_of(mut runs: Vec<Comparison>) -> Option<Comparison> {
+        if runs.len() <= 1 {
+            return runs.pop();
+        }
+        let all: Vec<BTreeMap<String, RunStats>> = runs.iter().map(|r| r.results.clone()).collect();
+        runs.sort_by(|a, b| rank(&a.results).total_cmp(&rank(&b.results)));
+        let mut median = runs.swap_remove((runs.len() - 1) / 2);
+        median.rounds = all;
+        Some(median)
+    }
+}
+
+/// Bowline's throughput over etcd's, when both ran.
+fn ratio(results: &BTreeMap<String, RunStats>) -> Option<f64> {
+    match (results.get("bowline"), results.get("etcd")) {
+        (Some(b), Some(e)) if e.ops_per_sec > 0.0 => Some(b.ops_per_sec / e.ops_per_sec),
+        _ => None,
+    }
+}
+
+/// What a round is ranked by: the ratio when both systems ran, else the one system's
+/// throughput.
+fn rank(results: &BTreeMap<String, RunStats>) -> f64 {
+    ratio(results).unwrap_or_else(|| results.values().next().map_or(0.0, |r| r.ops_per_sec))
 }
 
 /// Prints comparisons as one table: a row per workload, both systems side by side.
@@ -518,6 +548,7 @@ pub fn print_comparisons(rows: &[Comparison]) {
         );
     }
     print_cpu_per_op(rows);
+    print_rounds(rows);
     for row in rows {
         for (system, r) in &row.results {
             if let Some(e) = &r.first_error {
@@ -527,6 +558,33 @@ pub fn print_comparisons(rows: &[Comparison]) {
                 );
             }
         }
+    }
+}
+
+/// Prints every round's ratio (or throughput, with one system) of workloads run in
+/// several rounds, so the spread behind each median is in view.
+fn print_rounds(rows: &[Comparison]) {
+    let several: Vec<&Comparison> = rows.iter().filter(|r| r.rounds.len() > 1).collect();
+    if several.is_empty() {
+        return;
+    }
+    println!();
+    for row in several {
+        let ranks: Vec<String> = row
+            .rounds
+            .iter()
+            .map(|results| match ratio(results) {
+                Some(r) => format!("{r:.2}x"),
+                None => format!("{:.0}/s", rank(results)),
+            })
+            .collect();
+        println!(
+            "{} c={}: {} rounds, in order: {}; the table shows the median",
+            row.workload,
+            row.concurrency,
+            row.rounds.len(),
+            ranks.join(" ")
+        );
     }
 }
 
@@ -583,16 +641,24 @@ pub struct PutBenchArgs {
     /// Seconds per run at most.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Measure each workload this many times, alternating which system goes first; the
+    /// table shows the median round, and every round's ratio is listed under it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub rounds: u16,
     /// Side-by-side flags.
     #[command(flatten)]
     pub compare: CompareArgs,
 }
 
-/// Measures one workload on every target, alternating which system goes first so neither
-/// always runs on a warmer (or more fragmented) machine.
+/// Measures one workload on every target, `rounds` times, alternating which system goes
+/// first so neither always runs on a warmer (or more fragmented) machine; the result is the
+/// median round, with every round kept. `first_round` continues the alternation across
+/// workloads; `op` gets the round, so rounds that write can use keys of their own.
+#[allow(clippy::too_many_arguments)]
 async fn compare<F, Fut>(
     targets: &[Target],
-    round: usize,
+    first_round: usize,
+    rounds: usize,
     workload: String,
     concurrency: usize,
     ops: u64,
@@ -600,28 +666,46 @@ async fn compare<F, Fut>(
     op: F,
 ) -> Comparison
 where
-    F: Fn(&Target) -> Box<dyn Fn(usize, u64) -> Fut + Send + Sync>,
+    F: Fn(&Target, usize) -> Box<dyn Fn(usize, u64) -> Fut + Send + Sync>,
     Fut: Future<Output = Result<(), Status>> + Send + 'static,
 {
-    let mut order: Vec<&Target> = targets.iter().collect();
-    if round % 2 == 1 {
-        order.reverse();
+    let rounds = rounds.max(1);
+    let mut runs = Vec::new();
+    for round in first_round..first_round + rounds {
+        let mut order: Vec<&Target> = targets.iter().collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut results = Vec::new();
+        for target in order {
+            eprintln!(
+                "bench: {workload} c={concurrency} on {} (round {} of {rounds})",
+                target.system,
+                round - first_round + 1
+            );
+            let run = op(target, round);
+            let (servers, client) = (target.server_pids(), std::process::id());
+            let cpu_before = (cpu_of(&servers), super::cpu_seconds(client));
+            let mut stats = closed_loop(concurrency, ops, time, run).await;
+            stats.cpu = CpuPerOp::between(
+                (cpu_before.0, cpu_of(&servers)),
+                (cpu_before.1, super::cpu_seconds(client)),
+                stats.ops,
+            );
+            results.push((target.system, stats));
+        }
+        runs.push(Comparison::new(workload.clone(), concurrency, results));
     }
-    let mut results = Vec::new();
-    for target in order {
-        eprintln!("bench: {workload} c={concurrency} on {}", target.system);
-        let run = op(target);
-        let (servers, client) = (target.server_pids(), std::process::id());
-        let cpu_before = (cpu_of(&servers), super::cpu_seconds(client));
-        let mut stats = closed_loop(concurrency, ops, time, run).await;
-        stats.cpu = CpuPerOp::between(
-            (cpu_before.0, cpu_of(&servers)),
-            (cpu_before.1, super::cpu_seconds(client)),
-            stats.ops,
-        );
-        results.push((target.system, stats));
-    }
-    Comparison::new(workload, concurrency, results)
+    Comparison::median_of(runs)
+        .unwrap_or_else(|| Comparison::new(workload, concurrency, Vec::new()))
+}
+
+/// The entry of `per_target` (one per target, in `targets`' order) that belongs to `target`.
+fn of_target<T: Copy>(targets: &[Target], per_target: &[T], target: &Target) -> T {
+    per_target[targets
+        .iter()
+        .position(|x| x.system == target.system)
+        .unwrap_or(0)]
 }
 
 /// Runs `bowline bench put`.
@@ -639,22 +723,34 @@ pub async fn run_put(args: &PutBenchArgs) -> anyhow::Result<()> {
         for t in &targets {
             leaders.push(t.leader(Duration::from_secs(30)).await?);
         }
-        let row = compare(&targets, round, "put".into(), concurrency, ops, time, |t| {
-            let leader = leaders[targets
-                .iter()
-                .position(|x| x.system == t.system)
-                .unwrap_or(0)];
-            let client = t.nodes[leader].clone();
-            let value = value.clone();
-            Box::new(move |worker, seq| {
-                let (client, value) = (client.clone(), value.clone());
-                async move {
-                    client
-                        .put(worker, &format!("put-c{concurrency}-{seq}"), &value)
-                        .await
-                }
-            })
-        })
+        let rounds = usize::from(args.rounds);
+        let row = compare(
+            &targets,
+            round * rounds,
+            rounds,
+            "put".into(),
+            concurrency,
+            ops,
+            time,
+            |t, round| {
+                let client = t.nodes[of_target(&targets, &leaders, t)].clone();
+                let value = value.clone();
+                // Each round writes keys of its own: the workload is distinct keys, and a
+                // later round must not turn into overwrites of an earlier one's.
+                Box::new(move |worker, seq| {
+                    let (client, value) = (client.clone(), value.clone());
+                    async move {
+                        client
+                            .put(
+                                worker,
+                                &format!("put-c{concurrency}-r{round}-{seq}"),
+                                &value,
+                            )
+                            .await
+                    }
+                })
+            },
+        )
         .await;
         rows.push(row);
     }
@@ -683,6 +779,10 @@ pub struct ReadBenchArgs {
     /// Which nodes to read from.
     #[arg(long, value_delimiter = ',', default_value = "leader,follower")]
     pub from: Vec<ReadNode>,
+    /// Measure each workload this many times, alternating which system goes first; the
+    /// table shows the median round, and every round's ratio is listed under it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub rounds: u16,
     /// Side-by-side flags.
     #[command(flatten)]
     pub compare: CompareArgs,
@@ -766,19 +866,17 @@ pub async fn run_read(args: &ReadBenchArgs) -> anyhow::Result<()> {
                 },
                 if on_leader { "leader" } else { "follower" }
             );
+            let rounds = usize::from(args.rounds);
             let row = compare(
                 &targets,
-                round,
+                round * rounds,
+                rounds,
                 workload,
                 args.concurrency,
                 ops,
                 time,
-                |t| {
-                    let node = nodes[targets
-                        .iter()
-                        .position(|x| x.system == t.system)
-                        .unwrap_or(0)];
-                    let client = t.nodes[node].clone();
+                |t, _round| {
+                    let client = t.nodes[of_target(&targets, &nodes, t)].clone();
                     Box::new(move |worker, seq| {
                         let client = client.clone();
                         async move {
@@ -831,6 +929,74 @@ mod tests {
             None,
             "no operation, no figure per operation"
         );
+    }
+
+    fn stats(ops_per_sec: f64) -> RunStats {
+        RunStats {
+            ops: 1,
+            errors: 0,
+            seconds: 1.0,
+            ops_per_sec,
+            latency: Latency {
+                count: 1,
+                p50_ms: 1.0,
+                p99_ms: 1.0,
+                max_ms: 1.0,
+            },
+            first_error: None,
+            cpu: None,
+        }
+    }
+
+    /// A round in which Bowline did `ours` ops/s and etcd (if given) `theirs`.
+    fn round(ours: f64, theirs: Option<f64>) -> Comparison {
+        let mut results = vec![(System::Bowline, stats(ours))];
+        if let Some(theirs) = theirs {
+            results.push((System::Etcd, stats(theirs)));
+        }
+        Comparison::new("put".into(), 64, results)
+    }
+
+    fn median_ratio(rounds: Vec<Comparison>) -> Option<f64> {
+        Comparison::median_of(rounds).and_then(|c| c.throughput_ratio)
+    }
+
+    #[test]
+    fn the_median_round_is_a_real_round_and_every_round_is_kept() {
+        let rounds = vec![
+            round(1970.0, Some(1000.0)),
+            round(1750.0, Some(1000.0)),
+            round(1830.0, Some(1000.0)),
+        ];
+        let median = Comparison::median_of(rounds).expect("three rounds");
+        assert_eq!(median.throughput_ratio, Some(1.83));
+        assert_eq!(median.results["bowline"].ops_per_sec, 1830.0);
+        let kept: Vec<f64> = median
+            .rounds
+            .iter()
+            .map(|r| r["bowline"].ops_per_sec)
+            .collect();
+        assert_eq!(kept, [1970.0, 1750.0, 1830.0], "in the order they ran");
+    }
+
+    #[test]
+    fn an_even_count_takes_the_lower_middle_round_and_one_round_is_itself() {
+        let four = [4.0, 1.0, 3.0, 2.0]
+            .map(|r| round(r * 1000.0, Some(1000.0)))
+            .to_vec();
+        assert_eq!(median_ratio(four), Some(2.0));
+        let one = Comparison::median_of(vec![round(1500.0, Some(1000.0))]).expect("one");
+        assert_eq!(one.throughput_ratio, Some(1.5));
+        assert!(one.rounds.is_empty(), "a single round lists no rounds");
+        assert!(Comparison::median_of(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn without_etcd_rounds_rank_by_throughput() {
+        let rounds = vec![round(300.0, None), round(100.0, None), round(200.0, None)];
+        let median = Comparison::median_of(rounds).expect("three rounds");
+        assert_eq!(median.throughput_ratio, None);
+        assert_eq!(median.results["bowline"].ops_per_sec, 200.0);
     }
 
     #[test]
