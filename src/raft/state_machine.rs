@@ -267,15 +267,24 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .snapshot_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (meta, data) = run_blocking(move || {
-            // Encoded under the read lock, with no copy of the state: a copy of a large state
-            // took longer than encoding it (a string allocation per field), and writers
-            // waited behind it just the same.
-            let (data, last_applied, last_membership) = {
+            // Encoded from a clone taken under the read lock and encoded after it is released:
+            // the state's maps share their nodes with the clone (only what writes touch later
+            // gets copied), so applies wait for a few pointer copies, not for the encoding.
+            // Encoding under the lock stalled every write for as long: 349 ms with ~560,000
+            // services.
+            let (state, last_applied, last_membership) = {
                 let guard = applied.read().unwrap_or_else(|e| e.into_inner());
-                let data = codec::encode(&guard.state)
-                    .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-                (data, guard.last_applied, guard.membership.clone())
+                (
+                    guard.state.clone(),
+                    guard.last_applied,
+                    guard.membership.clone(),
+                )
             };
+            let data = codec::encode(&state)
+                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+            // The clone's last references to nodes the state no longer shares go here, off
+            // the Raft runtime.
+            drop(state);
             let snapshot_id = match last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
                 None => format!("none-{seq}"),

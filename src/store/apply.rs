@@ -3,7 +3,7 @@
 //! Inputs are the revision a change takes and the command; there is no
 //! clock, randomness or I/O here, so every replica computes the same result and changes.
 
-use std::collections::btree_map::Entry;
+use imbl::ordmap::Entry;
 
 use super::{RegistryState, StateKey, Stored, StoredConfig, StoredObject};
 use crate::command::{Applied, ApplyError, Command, CommandResult};
@@ -772,5 +772,50 @@ mod tests {
             (e.value.port, e.value.health.status),
             (9999, HealthStatus::Healthy)
         );
+    }
+
+    /// The state's maps are persistent (`imbl`) maps since snapshots stopped being encoded
+    /// under the state lock; a node upgraded from a version with std `BTreeMap`s must still
+    /// load the snapshots that version wrote, and its peers the ones it sends.
+    #[test]
+    fn a_snapshot_encodes_exactly_as_it_did_with_std_btree_maps() {
+        use std::collections::BTreeMap;
+
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct RegistryStateWithStdMaps {
+            revision: u64,
+            prober_term: u64,
+            services: BTreeMap<(String, String), Stored<Service>>,
+            endpoints: BTreeMap<crate::store::state::EndpointKey, Stored<Endpoint>>,
+            configs: BTreeMap<(ConfigKind, String, String), StoredConfig>,
+        }
+
+        let mut state = RegistryState::default();
+        register(&mut state, 1, "web", None).unwrap();
+        register(&mut state, 2, "api", None).unwrap();
+        for (index, id) in [(3, "a"), (4, "b")] {
+            apply_command(
+                &mut state,
+                index,
+                Command::UpsertEndpoint {
+                    endpoint: endpoint("web", id),
+                    expected_revision: None,
+                    keep_health: false,
+                },
+            )
+            .0
+            .unwrap();
+        }
+        let std_maps = RegistryStateWithStdMaps {
+            revision: state.revision,
+            prober_term: state.prober_term,
+            services: state.services.clone().into_iter().collect(),
+            endpoints: state.endpoints.clone().into_iter().collect(),
+            configs: state.configs.clone().into_iter().collect(),
+        };
+        let written_before = crate::raft::codec::encode(&std_maps).unwrap();
+        assert_eq!(crate::raft::codec::encode(&state).unwrap(), written_before);
+        let loaded: RegistryState = crate::raft::codec::decode(&written_before).unwrap();
+        assert_eq!(loaded, state);
     }
 }

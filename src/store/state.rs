@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Stored, StoredConfig};
@@ -45,11 +46,11 @@ pub struct RegistryState {
     /// Term of the leader whose health prober is current (see `Command::ClaimProber`).
     pub prober_term: u64,
     /// Services by `(namespace, name)`.
-    pub services: BTreeMap<(String, String), Stored<Service>>,
+    pub services: OrdMap<(String, String), Stored<Service>>,
     /// Endpoints by `(namespace, service, id)`; the order groups a service's endpoints.
-    pub endpoints: BTreeMap<EndpointKey, Stored<Endpoint>>,
+    pub endpoints: OrdMap<EndpointKey, Stored<Endpoint>>,
     /// Config objects by `(kind, namespace, name)`.
-    pub configs: BTreeMap<(ConfigKind, String, String), StoredConfig>,
+    pub configs: OrdMap<(ConfigKind, String, String), StoredConfig>,
 }
 
 /// True when every pair in `selector` is among `labels`.
