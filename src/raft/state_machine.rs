@@ -270,8 +270,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             // Encoded from a clone taken under the read lock and encoded after it is released:
             // the state's maps share their nodes with the clone (only what writes touch later
             // gets copied), so applies wait for a few pointer copies, not for the encoding.
-            // Encoding under the lock stalled every write for as long: 349 ms with ~560,000
-            // services.
+            // Encoding under the lock stalled every write for as long: 349–575 ms with
+            // 550,000–560,000 services (docs/benchmarks.md).
             let (state, last_applied, last_membership) = {
                 let guard = applied.read().unwrap_or_else(|e| e.into_inner());
                 (
