@@ -217,8 +217,18 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             addr: node.peer_addr.clone(),
             clients: self.clients.clone(),
             log: self.log.clone(),
+            appends: 0,
+            stream: None,
+            unary_only: false,
         }
     }
+}
+
+/// A leader's replication stream to one follower (`RaftPeer.Replicate`): one reply per
+/// request, in order.
+struct ReplicationStream {
+    requests: tokio::sync::mpsc::Sender<PeerMessage>,
+    replies: tonic::Streaming<PeerMessage>,
 }
 
 /// openraft's view of one peer.
@@ -231,6 +241,12 @@ pub struct PeerConnection {
     clients: PeerClients,
     /// See [`PeerNetworkFactory::log`].
     log: Option<FileLogStore>,
+    /// Append-entries calls made through this connection so far.
+    appends: u64,
+    /// The replication stream, once opened and while it works.
+    stream: Option<ReplicationStream>,
+    /// The peer does not know `Replicate` (an older version during an upgrade).
+    unary_only: bool,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeAddr, E>>;
@@ -262,32 +278,85 @@ impl PeerConnection {
             }
         };
         let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
-            Err(_) => {
-                let error = std::io::Error::other(format!(
-                    "{method} to node {} timed out after {:?}",
-                    self.target,
-                    option.hard_ttl()
-                ));
-                return Err(RPCError::Network(NetworkError::new(&error)));
-            }
-            Ok(Err(status)) => {
-                let error = std::io::Error::other(format!(
-                    "{method} to node {}: {}",
-                    self.target,
-                    status.message()
-                ));
-                return Err(if is_unreachable(&status) {
-                    RPCError::Unreachable(Unreachable::new(&error))
-                } else {
-                    RPCError::Network(NetworkError::new(&error))
-                });
-            }
+            Err(_) => return Err(self.timed_out(method, option)),
+            Ok(Err(status)) => return Err(self.failed(method, &status)),
             Ok(Ok(reply)) => reply.into_inner(),
         };
+        self.decode_reply(&reply)
+    }
+
+    fn timed_out<E: std::error::Error>(
+        &self,
+        method: &str,
+        option: &RPCOption,
+    ) -> RPCError<NodeId, NodeAddr, E> {
+        let error = std::io::Error::other(format!(
+            "{method} to node {} timed out after {:?}",
+            self.target,
+            option.hard_ttl()
+        ));
+        RPCError::Network(NetworkError::new(&error))
+    }
+
+    fn failed<E: std::error::Error>(
+        &self,
+        method: &str,
+        status: &tonic::Status,
+    ) -> RPCError<NodeId, NodeAddr, E> {
+        let error = std::io::Error::other(format!(
+            "{method} to node {}: {}",
+            self.target,
+            status.message()
+        ));
+        if is_unreachable(status) {
+            RPCError::Unreachable(Unreachable::new(&error))
+        } else {
+            RPCError::Network(NetworkError::new(&error))
+        }
+    }
+
+    fn decode_reply<Resp, E>(&self, reply: &PeerMessage) -> RpcResult<Resp, E>
+    where
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
         let decoded: Result<Resp, E> =
             codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded
             .map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
+    }
+
+    /// Sends one append-entries request on the replication stream, opening the stream
+    /// first if there is none, and waits for its reply.
+    async fn exchange(&mut self, message: PeerMessage) -> Result<PeerMessage, tonic::Status> {
+        let stream = match &mut self.stream {
+            Some(stream) => {
+                if stream.requests.send(message).await.is_err() {
+                    return Err(tonic::Status::unavailable("the replication stream closed"));
+                }
+                stream
+            }
+            None => {
+                let mut client = self
+                    .clients
+                    .get(&self.addr)
+                    .map_err(tonic::Status::unavailable)?;
+                let (requests, outbox) = tokio::sync::mpsc::channel(1);
+                // Queued before the stream opens, so it leaves with the request headers.
+                let _ = requests.try_send(message);
+                let replies = client
+                    .replicate(tokio_stream::wrappers::ReceiverStream::new(outbox))
+                    .await?
+                    .into_inner();
+                tracing::debug!(peer = self.target, "opened a replication stream");
+                self.stream.insert(ReplicationStream { requests, replies })
+            }
+        };
+        stream
+            .replies
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::unavailable("the replication stream ended"))
     }
 }
 
@@ -323,7 +392,36 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         if let Some(log) = &self.log {
             rpc.leader_commit = log.clamp_commit(rpc.leader_commit);
         }
-        self.call("append_entries", &rpc, &option).await
+        // openraft makes a connection per election and per leadership check, used once,
+        // and one per follower for replication, used for every entry. Only the last is
+        // worth a stream of its own.
+        self.appends += 1;
+        if self.unary_only || self.appends == 1 {
+            return self.call("append_entries", &rpc, &option).await;
+        }
+        let payload = codec::encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let status =
+            match tokio::time::timeout(option.hard_ttl(), self.exchange(PeerMessage { payload }))
+                .await
+            {
+                Ok(Ok(reply)) => return self.decode_reply(&reply),
+                Ok(Err(status)) => status,
+                Err(_) => {
+                    // The reply still owed on this stream would be taken for the next request's.
+                    self.stream = None;
+                    return Err(self.timed_out("append_entries", &option));
+                }
+            };
+        self.stream = None;
+        if status.code() == tonic::Code::Unimplemented {
+            tracing::info!(
+                peer = self.target,
+                "the peer has no replication stream (an older version); using one call per request"
+            );
+            self.unary_only = true;
+            return self.call("append_entries", &rpc, &option).await;
+        }
+        Err(self.failed("append_entries", &status))
     }
 
     async fn install_snapshot(
@@ -346,6 +444,162 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::peer::raft_peer_server::{RaftPeer, RaftPeerServer};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tonic::{Request, Response, Status, Streaming};
+
+    /// A peer on a real socket that answers every append-entries with success and counts
+    /// how each arrived. With `streams: false` it is a version without `Replicate`; with
+    /// `silent_after` set, a replication stream stops replying after that many requests.
+    #[derive(Clone, Default)]
+    struct StubPeer {
+        streams: bool,
+        silent_after: Option<u64>,
+        unary: Arc<AtomicU64>,
+        streamed: Arc<AtomicU64>,
+        opened: Arc<AtomicU64>,
+    }
+
+    fn success() -> PeerMessage {
+        let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            Ok(AppendEntriesResponse::Success);
+        PeerMessage {
+            payload: codec::encode(&reply).unwrap(),
+        }
+    }
+
+    type Replies =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<PeerMessage, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl RaftPeer for StubPeer {
+        async fn append_entries(
+            &self,
+            _: Request<PeerMessage>,
+        ) -> Result<Response<PeerMessage>, Status> {
+            self.unary.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(success()))
+        }
+        type ReplicateStream = Replies;
+        async fn replicate(
+            &self,
+            request: Request<Streaming<PeerMessage>>,
+        ) -> Result<Response<Replies>, Status> {
+            use futures::StreamExt;
+            if !self.streams {
+                return Err(Status::unimplemented("no Replicate in this version"));
+            }
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            let (streamed, silent_after) = (self.streamed.clone(), self.silent_after);
+            let mut seen = 0;
+            let replies = request.into_inner().filter_map(move |message| {
+                seen += 1;
+                streamed.fetch_add(1, Ordering::SeqCst);
+                let reply = match message {
+                    Ok(_) if silent_after.is_some_and(|n| seen > n) => None,
+                    Ok(_) => Some(Ok(success())),
+                    Err(status) => Some(Err(status)),
+                };
+                futures::future::ready(reply)
+            });
+            Ok(Response::new(Box::pin(replies)))
+        }
+        async fn vote(&self, _: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+        async fn install_snapshot(
+            &self,
+            _: Request<PeerMessage>,
+        ) -> Result<Response<PeerMessage>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+        async fn forward(&self, _: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+        async fn node_info(
+            &self,
+            _: Request<NodeInfoRequest>,
+        ) -> Result<Response<NodeInfoResponse>, Status> {
+            Err(Status::unimplemented("stub"))
+        }
+    }
+
+    async fn serve(peer: StubPeer) -> PeerConnection {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftPeerServer::new(peer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let node = NodeAddr {
+            peer_addr: addr,
+            client_addr: String::new(),
+        };
+        PeerNetworkFactory::default().new_client(2, &node).await
+    }
+
+    fn heartbeat() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        }
+    }
+
+    async fn append(connection: &mut PeerConnection, ttl_ms: u64) -> bool {
+        let option = RPCOption::new(Duration::from_millis(ttl_ms));
+        matches!(
+            connection.append_entries(heartbeat(), option).await,
+            Ok(AppendEntriesResponse::Success)
+        )
+    }
+
+    #[tokio::test]
+    async fn a_connection_makes_its_first_append_as_a_call_and_streams_the_rest() {
+        let peer = StubPeer {
+            streams: true,
+            ..StubPeer::default()
+        };
+        let mut connection = serve(peer.clone()).await;
+        for _ in 0..5 {
+            assert!(append(&mut connection, 5_000).await);
+        }
+        assert_eq!(peer.unary.load(Ordering::SeqCst), 1);
+        assert_eq!(peer.streamed.load(Ordering::SeqCst), 4);
+        assert_eq!(peer.opened.load(Ordering::SeqCst), 1, "one stream for all");
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_stream_gets_one_call_per_append() {
+        let peer = StubPeer::default();
+        let mut connection = serve(peer.clone()).await;
+        for _ in 0..4 {
+            assert!(append(&mut connection, 5_000).await);
+        }
+        assert!(connection.unary_only);
+        assert_eq!(peer.unary.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_timed_out_is_replaced_so_a_late_reply_is_never_misread() {
+        let peer = StubPeer {
+            streams: true,
+            silent_after: Some(1),
+            ..StubPeer::default()
+        };
+        let mut connection = serve(peer.clone()).await;
+        assert!(append(&mut connection, 5_000).await, "the call");
+        assert!(append(&mut connection, 5_000).await, "first on the stream");
+        assert!(
+            !append(&mut connection, 200).await,
+            "the stream's second request gets no reply"
+        );
+        assert!(connection.stream.is_none());
+        assert!(append(&mut connection, 5_000).await, "a new stream answers");
+        assert_eq!(peer.opened.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn only_a_missing_connection_counts_as_unreachable() {

@@ -1,17 +1,20 @@
 //! The peer network, server side: the tonic service on the peer port. It decodes, calls
 //! openraft (or [`Consensus::execute_local`] for forwarded work) and encodes the result.
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::raft::{AppendEntriesResponse, VoteRequest, VoteResponse};
-use tonic::{Request, Response, Status};
+use futures::{Stream, StreamExt};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::campaign::{elections_after_rejection, LeaderContact};
 use super::codec;
 use super::consensus::Consensus;
 use super::network::ForwardRequest;
-use super::NodeId;
+use super::{NodeId, TypeConfig};
 use crate::proto::peer::raft_peer_server::RaftPeer;
 use crate::proto::peer::{NodeInfoRequest, NodeInfoResponse, PeerMessage};
 
@@ -29,16 +32,40 @@ pub struct PeerService {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(request: Request<PeerMessage>) -> Result<T, Status> {
+    decode_message(&request.into_inner())
+}
+
+fn decode_message<T: serde::de::DeserializeOwned>(message: &PeerMessage) -> Result<T, Status> {
     // Garbage on the peer port is the caller's problem, never ours: reject, stay up.
-    codec::decode(&request.into_inner().payload)
+    codec::decode(&message.payload)
         .map_err(|e| Status::invalid_argument(format!("payload: not a valid peer message: {e}")))
 }
 
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<PeerMessage>, Status> {
+    reply_message(value).map(Response::new)
+}
+
+fn reply_message<T: serde::Serialize>(value: &T) -> Result<PeerMessage, Status> {
     let payload =
         codec::encode(value).map_err(|e| Status::internal(format!("encode reply: {e}")))?;
-    Ok(Response::new(PeerMessage { payload }))
+    Ok(PeerMessage { payload })
 }
+
+/// One append-entries request, from either the unary call or the replication stream.
+async fn append_entries(
+    consensus: &Consensus,
+    leader_contact: &LeaderContact,
+    rpc: AppendEntriesRequest<TypeConfig>,
+) -> Result<PeerMessage, Status> {
+    let result = consensus.raft.append_entries(rpc).await;
+    if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+        leader_contact.touch();
+    }
+    reply_message(&result)
+}
+
+/// Replies to a replication stream, one per request, in order.
+pub type ReplicationReplies = Pin<Box<dyn Stream<Item = Result<PeerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
@@ -47,11 +74,38 @@ impl RaftPeer for PeerService {
         request: Request<PeerMessage>,
     ) -> Result<Response<PeerMessage>, Status> {
         let rpc = decode(request)?;
-        let result = self.consensus.raft.append_entries(rpc).await;
-        if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-            self.leader_contact.touch();
-        }
-        reply(&result)
+        append_entries(&self.consensus, &self.leader_contact, rpc)
+            .await
+            .map(Response::new)
+    }
+
+    type ReplicateStream = ReplicationReplies;
+
+    async fn replicate(
+        &self,
+        request: Request<Streaming<PeerMessage>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let shared = Arc::new((self.consensus.clone(), self.leader_contact.clone()));
+        // Each request is handled while the reply stream is polled, in the stream's own
+        // task, and the next one is not read until its reply is out: one request at a time,
+        // in order, and what a slow leader sends waits in HTTP/2 flow control, not here.
+        let replies = request.into_inner().then(move |message| {
+            let shared = shared.clone();
+            async move {
+                let rpc = decode_message(&message?)?;
+                append_entries(&shared.0, &shared.1, rpc).await
+            }
+        });
+        // The first error (a broken request, a reset stream) ends the stream: the leader
+        // opens a new one.
+        let replies = replies.scan(false, |failed, reply| {
+            let item = (!*failed).then(|| {
+                *failed = reply.is_err();
+                reply
+            });
+            futures::future::ready(item)
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
