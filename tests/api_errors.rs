@@ -320,26 +320,30 @@ async fn bad_input_is_rejected_with_the_field_and_rule_and_changes_nothing() {
             .unwrap_err();
             assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         }
-        // On the replication stream, a garbage request is answered with the same error,
-        // which ends the stream.
-        let garbage = PeerMessage {
-            payload: vec![0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0xff, 0x0f],
-        };
-        let mut replies = peer
-            .replicate(tokio_stream::iter(vec![garbage.clone(), garbage]))
-            .await
+        // On the replication and read-index streams, a garbage request is answered with
+        // the same error, which ends the stream.
+        for stream in ["replicate", "read_indexes"] {
+            let garbage = PeerMessage {
+                payload: vec![0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            };
+            let requests = tokio_stream::iter(vec![garbage.clone(), garbage]);
+            let mut replies = match stream {
+                "replicate" => peer.replicate(requests).await,
+                _ => peer.read_indexes(requests).await,
+            }
             .unwrap()
             .into_inner();
-        let status = replies.message().await.unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert!(
-            status.message().contains("not a valid peer message"),
-            "{status:?}"
-        );
-        assert!(
-            matches!(replies.message().await, Ok(None) | Err(_)),
-            "the stream goes on after an error"
-        );
+            let status = replies.message().await.unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{stream}: {status:?}");
+            assert!(
+                status.message().contains("not a valid peer message"),
+                "{stream}: {status:?}"
+            );
+            assert!(
+                matches!(replies.message().await, Ok(None) | Err(_)),
+                "{stream}: the stream goes on after an error"
+            );
+        }
     }
 
     // Every node is still up and serving, and nothing changed.

@@ -135,6 +135,9 @@ fn leader_desc(id: &Option<NodeId>, addr: &Option<String>) -> String {
 pub struct PeerClients {
     /// One lazily-connected channel per address; tonic reconnects it as needed.
     channels: Arc<Mutex<HashMap<String, RaftPeerClient<Channel>>>>,
+    /// Per leader address, the stream this node's read-index requests take in turn. An
+    /// async mutex: the turn lasts the whole exchange.
+    read_index_streams: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<ReadIndexStream>>>>>,
     /// Where the channels' connection tasks run (the caller's runtime if unset).
     runtime: Option<tokio::runtime::Handle>,
 }
@@ -144,6 +147,7 @@ impl PeerClients {
     pub fn on_runtime(runtime: tokio::runtime::Handle) -> Self {
         Self {
             channels: Arc::default(),
+            read_index_streams: Arc::default(),
             runtime: Some(runtime),
         }
     }
@@ -174,6 +178,11 @@ impl PeerClients {
         request: &ForwardRequest,
         timeout: Duration,
     ) -> Result<ForwardReply, ConsensusError> {
+        if matches!(request, ForwardRequest::ReadIndex) {
+            if let Some(reply) = self.read_index_on_stream(addr, timeout).await {
+                return reply;
+            }
+        }
         let unavailable =
             |e: String| ConsensusError::Unavailable(format!("forward to {addr}: {e}"));
         let mut client = self.get(addr).map_err(unavailable)?;
@@ -186,6 +195,69 @@ impl PeerClients {
         let reply: Result<ForwardReply, ConsensusError> =
             codec::decode(&reply.into_inner().payload).map_err(|e| unavailable(e.to_string()))?;
         reply
+    }
+
+    /// A read index from the leader at `addr` over the read-index stream; `None` when the
+    /// stream is busy with another request (the batcher started a second confirmation
+    /// behind a stalled one) or the leader has no such stream (an older version): the
+    /// caller then makes a unary call.
+    async fn read_index_on_stream(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Option<Result<ForwardReply, ConsensusError>> {
+        let slot = {
+            let mut streams = self
+                .read_index_streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match streams.get(addr) {
+                Some(slot) => slot.clone(),
+                None => streams.entry(addr.to_string()).or_default().clone(),
+            }
+        };
+        let mut slot = slot.try_lock().ok()?;
+        if slot.unsupported {
+            return None;
+        }
+        let unavailable =
+            |e: String| ConsensusError::Unavailable(format!("forward to {addr}: {e}"));
+        let payload = match codec::encode(&ForwardRequest::ReadIndex) {
+            Ok(payload) => payload,
+            Err(e) => return Some(Err(unavailable(e.to_string()))),
+        };
+        let exchanged = tokio::time::timeout(
+            timeout,
+            exchange(
+                &mut slot.stream,
+                PeerMessage { payload },
+                |requests| async move {
+                    let mut client = self.get(addr).map_err(tonic::Status::unavailable)?;
+                    client.read_indexes(requests).await
+                },
+            ),
+        )
+        .await;
+        let status = match exchanged {
+            Ok(Ok(reply)) => {
+                return Some(
+                    codec::decode::<Result<ForwardReply, ConsensusError>>(&reply.payload)
+                        .map_err(|e| unavailable(e.to_string()))
+                        .and_then(|reply| reply),
+                )
+            }
+            Ok(Err(status)) => status,
+            Err(_) => {
+                slot.stream = None;
+                return Some(Err(unavailable(format!("timed out after {timeout:?}"))));
+            }
+        };
+        slot.stream = None;
+        if status.code() == tonic::Code::Unimplemented {
+            slot.unsupported = true;
+            return None;
+        }
+        Some(Err(unavailable(status.message().to_string())))
     }
 
     /// Asks a peer who it is.
@@ -224,11 +296,58 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
     }
 }
 
-/// A leader's replication stream to one follower (`RaftPeer.Replicate`): one reply per
-/// request, in order.
-struct ReplicationStream {
+/// The read-index stream to one leader, or why there is none.
+#[derive(Default)]
+struct ReadIndexStream {
+    stream: Option<OrderedStream>,
+    /// The leader does not know `ReadIndexes` (an older version during an upgrade).
+    unsupported: bool,
+}
+
+/// A long-lived stream on which each request gets exactly one reply, in order: a leader's
+/// replication to one follower (`RaftPeer.Replicate`), a follower's read-index requests to
+/// its leader (`RaftPeer.ReadIndexes`).
+struct OrderedStream {
     requests: tokio::sync::mpsc::Sender<PeerMessage>,
     replies: tonic::Streaming<PeerMessage>,
+}
+
+/// Sends `message` on the stream in `slot`, opening one with `open` if there is none, and
+/// waits for its reply. A caller whose exchange failed or was abandoned must empty the
+/// slot: the reply it was owed would otherwise be taken for the next request's.
+async fn exchange<F, Fut>(
+    slot: &mut Option<OrderedStream>,
+    message: PeerMessage,
+    open: F,
+) -> Result<PeerMessage, tonic::Status>
+where
+    F: FnOnce(tokio_stream::wrappers::ReceiverStream<PeerMessage>) -> Fut,
+    Fut: std::future::Future<
+        Output = Result<tonic::Response<tonic::Streaming<PeerMessage>>, tonic::Status>,
+    >,
+{
+    let stream = match slot {
+        Some(stream) => {
+            if stream.requests.send(message).await.is_err() {
+                return Err(tonic::Status::unavailable("the stream closed"));
+            }
+            stream
+        }
+        None => {
+            let (requests, outbox) = tokio::sync::mpsc::channel(1);
+            // Queued before the stream opens, so it leaves with the request headers.
+            let _ = requests.try_send(message);
+            let replies = open(tokio_stream::wrappers::ReceiverStream::new(outbox))
+                .await?
+                .into_inner();
+            slot.insert(OrderedStream { requests, replies })
+        }
+    };
+    stream
+        .replies
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unavailable("the stream ended"))
 }
 
 /// openraft's view of one peer.
@@ -244,7 +363,7 @@ pub struct PeerConnection {
     /// Append-entries calls made through this connection so far.
     appends: u64,
     /// The replication stream, once opened and while it works.
-    stream: Option<ReplicationStream>,
+    stream: Option<OrderedStream>,
     /// The peer does not know `Replicate` (an older version during an upgrade).
     unary_only: bool,
 }
@@ -329,34 +448,13 @@ impl PeerConnection {
     /// Sends one append-entries request on the replication stream, opening the stream
     /// first if there is none, and waits for its reply.
     async fn exchange(&mut self, message: PeerMessage) -> Result<PeerMessage, tonic::Status> {
-        let stream = match &mut self.stream {
-            Some(stream) => {
-                if stream.requests.send(message).await.is_err() {
-                    return Err(tonic::Status::unavailable("the replication stream closed"));
-                }
-                stream
-            }
-            None => {
-                let mut client = self
-                    .clients
-                    .get(&self.addr)
-                    .map_err(tonic::Status::unavailable)?;
-                let (requests, outbox) = tokio::sync::mpsc::channel(1);
-                // Queued before the stream opens, so it leaves with the request headers.
-                let _ = requests.try_send(message);
-                let replies = client
-                    .replicate(tokio_stream::wrappers::ReceiverStream::new(outbox))
-                    .await?
-                    .into_inner();
-                tracing::debug!(peer = self.target, "opened a replication stream");
-                self.stream.insert(ReplicationStream { requests, replies })
-            }
-        };
-        stream
-            .replies
-            .message()
-            .await?
-            .ok_or_else(|| tonic::Status::unavailable("the replication stream ended"))
+        let (clients, addr, target) = (&self.clients, &self.addr, self.target);
+        exchange(&mut self.stream, message, |requests| async move {
+            let mut client = clients.get(addr).map_err(tonic::Status::unavailable)?;
+            tracing::debug!(peer = target, "opening a replication stream");
+            client.replicate(requests).await
+        })
+        .await
     }
 }
 
@@ -468,6 +566,13 @@ mod tests {
         }
     }
 
+    fn read_index(index: u64) -> PeerMessage {
+        let reply: Result<ForwardReply, ConsensusError> = Ok(ForwardReply::ReadIndex(index));
+        PeerMessage {
+            payload: codec::encode(&reply).unwrap(),
+        }
+    }
+
     type Replies =
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<PeerMessage, Status>> + Send>>;
 
@@ -514,7 +619,25 @@ mod tests {
             Err(Status::unimplemented("stub"))
         }
         async fn forward(&self, _: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-            Err(Status::unimplemented("stub"))
+            self.unary.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(read_index(7)))
+        }
+        type ReadIndexesStream = Replies;
+        async fn read_indexes(
+            &self,
+            request: Request<Streaming<PeerMessage>>,
+        ) -> Result<Response<Replies>, Status> {
+            use futures::StreamExt;
+            if !self.streams {
+                return Err(Status::unimplemented("no ReadIndexes in this version"));
+            }
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            let streamed = self.streamed.clone();
+            let replies = request.into_inner().map(move |message| {
+                streamed.fetch_add(1, Ordering::SeqCst);
+                message.map(|_| read_index(9))
+            });
+            Ok(Response::new(Box::pin(replies)))
         }
         async fn node_info(
             &self,
@@ -524,7 +647,7 @@ mod tests {
         }
     }
 
-    async fn serve(peer: StubPeer) -> PeerConnection {
+    async fn listen(peer: StubPeer) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(
@@ -532,11 +655,48 @@ mod tests {
                 .add_service(RaftPeerServer::new(peer))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
+        addr
+    }
+
+    async fn serve(peer: StubPeer) -> PeerConnection {
         let node = NodeAddr {
-            peer_addr: addr,
+            peer_addr: listen(peer).await,
             client_addr: String::new(),
         };
         PeerNetworkFactory::default().new_client(2, &node).await
+    }
+
+    async fn forwarded_read_index(clients: &PeerClients, addr: &str) -> u64 {
+        match clients
+            .forward(addr, &ForwardRequest::ReadIndex, Duration::from_secs(5))
+            .await
+        {
+            Ok(ForwardReply::ReadIndex(index)) => index,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn read_indexes_go_on_one_stream_and_fall_back_to_calls_for_an_older_leader() {
+        let leader = StubPeer {
+            streams: true,
+            ..StubPeer::default()
+        };
+        let addr = listen(leader.clone()).await;
+        let clients = PeerClients::default();
+        for _ in 0..3 {
+            assert_eq!(forwarded_read_index(&clients, &addr).await, 9);
+        }
+        assert_eq!(leader.streamed.load(Ordering::SeqCst), 3);
+        assert_eq!(leader.opened.load(Ordering::SeqCst), 1);
+        assert_eq!(leader.unary.load(Ordering::SeqCst), 0);
+
+        let older = StubPeer::default();
+        let addr = listen(older.clone()).await;
+        for _ in 0..3 {
+            assert_eq!(forwarded_read_index(&clients, &addr).await, 7);
+        }
+        assert_eq!(older.unary.load(Ordering::SeqCst), 3);
     }
 
     fn heartbeat() -> AppendEntriesRequest<TypeConfig> {

@@ -64,8 +64,22 @@ async fn append_entries(
     reply_message(&result)
 }
 
-/// Replies to a replication stream, one per request, in order.
-pub type ReplicationReplies = Pin<Box<dyn Stream<Item = Result<PeerMessage, Status>> + Send>>;
+/// Replies on a peer stream, one per request, in order.
+pub type PeerReplies = Pin<Box<dyn Stream<Item = Result<PeerMessage, Status>> + Send>>;
+
+/// Ends `replies` after its first error (a broken request, a reset stream), which goes to
+/// the caller as the stream's status; the caller opens a new stream.
+fn until_first_error(
+    replies: impl Stream<Item = Result<PeerMessage, Status>> + Send + 'static,
+) -> PeerReplies {
+    Box::pin(replies.scan(false, |failed, reply| {
+        let item = (!*failed).then(|| {
+            *failed = reply.is_err();
+            reply
+        });
+        futures::future::ready(item)
+    }))
+}
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
@@ -79,7 +93,7 @@ impl RaftPeer for PeerService {
             .map(Response::new)
     }
 
-    type ReplicateStream = ReplicationReplies;
+    type ReplicateStream = PeerReplies;
 
     async fn replicate(
         &self,
@@ -96,16 +110,7 @@ impl RaftPeer for PeerService {
                 append_entries(&shared.0, &shared.1, rpc).await
             }
         });
-        // The first error (a broken request, a reset stream) ends the stream: the leader
-        // opens a new one.
-        let replies = replies.scan(false, |failed, reply| {
-            let item = (!*failed).then(|| {
-                *failed = reply.is_err();
-                reply
-            });
-            futures::future::ready(item)
-        });
-        Ok(Response::new(Box::pin(replies)))
+        Ok(Response::new(until_first_error(replies)))
     }
 
     async fn vote(&self, request: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
@@ -171,6 +176,27 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<PeerMessage>, Status> {
         let forwarded: ForwardRequest = decode(request)?;
         reply(&self.consensus.execute_local(forwarded).await)
+    }
+
+    type ReadIndexesStream = PeerReplies;
+
+    async fn read_indexes(
+        &self,
+        request: Request<Streaming<PeerMessage>>,
+    ) -> Result<Response<Self::ReadIndexesStream>, Status> {
+        let consensus = Arc::new(self.consensus.clone());
+        let replies = request.into_inner().then(move |message| {
+            let consensus = consensus.clone();
+            async move {
+                let ForwardRequest::ReadIndex = decode_message(&message?)? else {
+                    return Err(Status::invalid_argument(
+                        "payload: only read-index requests go on this stream",
+                    ));
+                };
+                reply_message(&consensus.execute_local(ForwardRequest::ReadIndex).await)
+            }
+        });
+        Ok(Response::new(until_first_error(replies)))
     }
 
     async fn node_info(
