@@ -112,7 +112,7 @@ fn desired_targets(state: &RegistryState) -> Vec<(EndpointKey, Target)> {
     for (key, e) in &state.endpoints {
         let spec = match state
             .config(ConfigKind::HealthCheck, &key.0, &key.1)
-            .map(|c| &c.stored.value)
+            .map(|c| &*c.stored.value)
         {
             Some(ConfigSpec::HealthCheck(h)) => Some(h),
             _ => None,

@@ -50,7 +50,7 @@ pub fn service_health(state: &RegistryState, namespace: &str, name: &str) -> Ser
     let (total, available, unhealthy, draining) = counts(state, namespace, name);
     let panic_threshold = match state
         .config(ConfigKind::HealthCheck, namespace, name)
-        .map(|c| &c.stored.value)
+        .map(|c| &*c.stored.value)
     {
         Some(ConfigSpec::HealthCheck(h)) => h.effective_panic_threshold(),
         _ => DEFAULT_PANIC_THRESHOLD,

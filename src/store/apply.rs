@@ -3,6 +3,8 @@
 //! Inputs are the revision a change takes and the command; there is no
 //! clock, randomness or I/O here, so every replica computes the same result and changes.
 
+use std::sync::Arc;
+
 use imbl::ordmap::Entry;
 
 use super::{RegistryState, StateKey, Stored, StoredConfig, StoredObject};
@@ -93,7 +95,7 @@ fn apply_inner(
             )?;
             let stored = Stored {
                 create_revision: existing.map_or(revision, |s| s.create_revision),
-                value: service,
+                value: Arc::new(service),
                 mod_revision: revision,
             };
             match slot {
@@ -198,7 +200,7 @@ fn apply_inner(
                     None => {
                         let initial = state
                             .config(ConfigKind::HealthCheck, &value.namespace, &value.service)
-                            .and_then(|c| match &c.stored.value {
+                            .and_then(|c| match &*c.stored.value {
                                 ConfigSpec::HealthCheck(h) => h.initial_status,
                                 _ => None,
                             });
@@ -211,7 +213,7 @@ fn apply_inner(
                 }
             }
             let stored = Stored {
-                value,
+                value: Arc::new(value),
                 create_revision: existing.map_or(revision, |e| e.create_revision),
                 mod_revision: revision,
             };
@@ -277,7 +279,7 @@ fn apply_inner(
                 namespace: namespace.clone(),
                 name: name.clone(),
                 stored: Stored {
-                    value: spec,
+                    value: Arc::new(spec),
                     create_revision: existing.map_or(revision, |c| c.stored.create_revision),
                     mod_revision: revision,
                 },
@@ -360,7 +362,7 @@ fn apply_inner(
                 if stored.value.health.status == t.status {
                     continue;
                 }
-                stored.value.health = Health {
+                Arc::make_mut(&mut stored.value).health = Health {
                     status: t.status,
                     since_ms: t.at_ms,
                     reason: t.reason,

@@ -8,6 +8,8 @@ mod state;
 pub use apply::{apply_command, check_revision, Change};
 pub use state::{labels_match, EndpointKey, RegistryState, StateKey};
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::ConfigSpec;
@@ -16,8 +18,9 @@ use crate::model::ConfigSpec;
 /// A revision is the Raft log index of the entry that made the change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stored<T> {
-    /// The object itself.
-    pub value: T,
+    /// The object itself, shared: the watch history, a snapshot being encoded and read
+    /// replies hold it without copying it. Encoded as the bare value.
+    pub value: Arc<T>,
     /// Log index of the entry that created the object.
     pub create_revision: u64,
     /// Log index of the entry that last changed it.
@@ -45,6 +48,17 @@ pub enum ObjectRef<'a> {
     Endpoint(&'a Stored<crate::model::Endpoint>),
     /// A config object.
     Config(&'a StoredConfig),
+}
+
+impl ObjectRef<'_> {
+    /// The object, shared rather than borrowed (its value is reference-counted, not copied).
+    pub fn to_stored(self) -> StoredObject {
+        match self {
+            ObjectRef::Service(s) => StoredObject::Service(s.clone()),
+            ObjectRef::Endpoint(e) => StoredObject::Endpoint(e.clone()),
+            ObjectRef::Config(c) => StoredObject::Config(c.clone()),
+        }
+    }
 }
 
 impl StoredObject {

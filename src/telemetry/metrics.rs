@@ -350,7 +350,7 @@ impl Metrics {
             watch_history_bytes: gauge(
                 &registry,
                 "watch_history_bytes",
-                "Bytes in the watch history",
+                "Estimated encoded bytes of the events in the watch history",
             )?,
             watch_history_oldest: gauge(
                 &registry,

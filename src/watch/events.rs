@@ -2,7 +2,6 @@
 
 use super::filter::{ObjectMeta, WatchFilter, WatchKind};
 use super::hub::PublishedEvent;
-use super::wire::encode_event_chunk;
 use crate::api::convert::{config_to_proto, endpoint_to_proto, service_to_proto};
 use crate::model::{ConfigKind, ValidationError};
 use crate::proto::v1 as pb;
@@ -66,7 +65,8 @@ fn current<'a>(state: &'a RegistryState, key: &StateKey) -> Option<ObjectRef<'a>
     }
 }
 
-/// Encodes the changes one entry made (state already updated) as published events.
+/// The changes one entry made (state already updated) as published events, which share
+/// the objects with the state.
 pub fn published_events(
     state: &RegistryState,
     revision: u64,
@@ -76,15 +76,47 @@ pub fn published_events(
         .iter()
         .filter_map(|change| {
             let (object, kind) = match &change.removed {
-                Some(removed) => (removed.borrowed(), pb::EventType::Delete),
-                None => (current(state, &change.key)?, pb::EventType::Put),
+                Some(removed) => (removed.clone(), pb::EventType::Delete),
+                None => (current(state, &change.key)?.to_stored(), pb::EventType::Put),
             };
-            Some(PublishedEvent {
-                meta: ObjectMeta::of(object),
-                chunk: encode_event_chunk(&event(object, kind, revision)),
-            })
+            Some(PublishedEvent::new(object, kind, revision))
         })
         .collect()
+}
+
+/// Roughly the bytes `object`'s event takes encoded: its strings and a little for each
+/// field. Exact for nothing, cheap, and close enough to bound the watch history's memory.
+pub fn estimated_size(object: ObjectRef<'_>) -> usize {
+    fn map(m: &std::collections::BTreeMap<String, String>) -> usize {
+        m.iter().map(|(k, v)| k.len() + v.len() + 6).sum()
+    }
+    match object {
+        ObjectRef::Service(s) => {
+            let v = &s.value;
+            48 + v.name.len()
+                + v.namespace.len()
+                + v.ports.iter().map(|p| p.name.len() + 12).sum::<usize>()
+                + map(&v.labels)
+                + map(&v.metadata)
+                + v.depends_on.iter().map(|d| d.len() + 2).sum::<usize>()
+        }
+        ObjectRef::Endpoint(e) => {
+            let v = &e.value;
+            80 + v.id.len()
+                + v.service.len()
+                + v.namespace.len()
+                + v.address.len()
+                + map(&v.labels)
+                + v.locality.region.len()
+                + v.locality.zone.len()
+                + v.locality.subzone.len()
+        }
+        // Config objects change rarely and have deep specs: measure the real encoding.
+        ObjectRef::Config(c) => {
+            let config = config_to_proto(c);
+            48 + c.namespace.len() + c.name.len() + prost::Message::encoded_len(&config)
+        }
+    }
 }
 
 /// Every object `filter` selects, as PUT events stamped with their mod revision.

@@ -6,12 +6,15 @@
 //! Publishing never waits: a watcher whose queue is full is cancelled, and its queue freed.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::filter::{ObjectMeta, WatchFilter};
+use super::wire::encode_event_chunk;
+use crate::proto::v1 as pb;
+use crate::store::StoredObject;
 use crate::telemetry::Metrics;
 
 /// Hub limits.
@@ -19,7 +22,7 @@ use crate::telemetry::Metrics;
 pub struct HubConfig {
     /// Most events kept in the history.
     pub history_events: usize,
-    /// Most encoded bytes kept in the history.
+    /// Most bytes of events kept in the history, as their estimated encoded size.
     pub history_bytes: usize,
     /// Most revisions queued for one watcher before it is cancelled as too slow.
     pub watcher_queue: usize,
@@ -38,13 +41,49 @@ impl Default for HubConfig {
     }
 }
 
-/// One change event, encoded once.
+/// One change event. It holds the object as the change left it (shared with the state,
+/// not copied) and is encoded once, the first time a watcher needs it: a node no one
+/// watches never pays for encoding, while its history still lets a watcher resume.
 #[derive(Debug)]
 pub struct PublishedEvent {
+    object: StoredObject,
+    kind: pb::EventType,
+    revision: u64,
+    /// Estimated encoded size, for the history's byte bound.
+    size: usize,
+    meta: OnceLock<ObjectMeta>,
+    chunk: OnceLock<Bytes>,
+}
+
+impl PublishedEvent {
+    /// A `kind` event for `object` at `revision`.
+    pub fn new(object: StoredObject, kind: pb::EventType, revision: u64) -> Self {
+        Self {
+            size: super::events::estimated_size(object.borrowed()),
+            object,
+            kind,
+            revision,
+            meta: OnceLock::new(),
+            chunk: OnceLock::new(),
+        }
+    }
+
     /// What the filters look at.
-    pub meta: ObjectMeta,
+    pub fn meta(&self) -> &ObjectMeta {
+        self.meta
+            .get_or_init(|| ObjectMeta::of(self.object.borrowed()))
+    }
+
     /// The `WatchResponse.events` entry, shared by every receiver.
-    pub chunk: Bytes,
+    pub fn chunk(&self) -> &Bytes {
+        self.chunk.get_or_init(|| {
+            encode_event_chunk(&super::events::event(
+                self.object.borrowed(),
+                self.kind,
+                self.revision,
+            ))
+        })
+    }
 }
 
 /// All events of one revision (one Raft entry), delivered together.
@@ -60,12 +99,12 @@ pub struct RevisionBatch {
 
 impl RevisionBatch {
     fn bytes(&self) -> usize {
-        self.events.iter().map(|e| e.chunk.len() + 64).sum()
+        self.events.iter().map(|e| e.size + 64).sum()
     }
 
     /// Whether any event of this revision passes `filter`.
     pub fn any_match(&self, filter: &WatchFilter) -> bool {
-        self.events.iter().any(|e| filter.matches(&e.meta))
+        self.events.iter().any(|e| filter.matches(e.meta()))
     }
 }
 
@@ -436,16 +475,20 @@ impl WatchHub {
 /// A service change event on `service`, for tests.
 #[cfg(test)]
 pub(crate) fn test_event(service: &str) -> PublishedEvent {
-    PublishedEvent {
-        meta: ObjectMeta {
-            kind: super::filter::WatchKind::Service,
-            namespace: "default".into(),
-            service: service.into(),
-            name: service.into(),
-            labels: Default::default(),
-        },
-        chunk: Bytes::from_static(b"0123456789"),
-    }
+    let value = crate::model::Service {
+        name: service.into(),
+        namespace: "default".into(),
+        ports: Vec::new(),
+        labels: Default::default(),
+        metadata: Default::default(),
+        depends_on: Vec::new(),
+    };
+    let stored = crate::store::Stored {
+        value: Arc::new(value),
+        create_revision: 1,
+        mod_revision: 1,
+    };
+    PublishedEvent::new(StoredObject::Service(stored), pb::EventType::Put, 1)
 }
 
 #[cfg(test)]
@@ -458,6 +501,30 @@ mod tests {
 
     fn hub(config: HubConfig) -> WatchHub {
         WatchHub::new(config, 0, Metrics::new(1).unwrap())
+    }
+
+    #[test]
+    fn an_event_is_encoded_only_once_a_watcher_takes_it_and_then_only_once() {
+        let hub = hub(HubConfig::default());
+        hub.publish(1, vec![event("web")]);
+        assert!(
+            hub.lock().history[0].events[0].chunk.get().is_none(),
+            "encoded with no watcher"
+        );
+        let sub = hub.subscribe(WatchFilter::default(), Some(1)).unwrap();
+        let taken = &sub.replay[0].events[0];
+        let (first, again) = (taken.chunk().clone(), taken.chunk().clone());
+        assert_eq!(first.as_ptr(), again.as_ptr(), "encoded twice");
+        // The chunk is one `WatchResponse.events` entry: the event for the object.
+        let decoded = <pb::WatchResponse as prost::Message>::decode(first).unwrap();
+        assert_eq!(decoded.events.len(), 1);
+        let service = match &decoded.events[0].object {
+            Some(pb::event::Object::Service(s)) => s.name.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(service, "web");
+        assert_eq!(decoded.events[0].revision, 1);
+        assert_eq!(taken.meta().service, "web");
     }
 
     #[test]

@@ -144,9 +144,10 @@ pub fn drain_events(
                 continue;
             }
             for event in &batch.events {
-                if sub.shared.filter.matches(&event.meta) {
-                    bytes += event.chunk.len();
-                    events.push(event.chunk.clone());
+                if sub.shared.filter.matches(event.meta()) {
+                    let chunk = event.chunk();
+                    bytes += chunk.len();
+                    events.push(chunk.clone());
                     if live {
                         oldest_live.get_or_insert(batch.published);
                     }

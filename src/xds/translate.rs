@@ -244,7 +244,7 @@ pub fn translate(
         let endpoints: Vec<&Endpoint> = state
             .endpoints_of(ns, name)
             .iter()
-            .filter_map(|k| state.endpoints.get(k).map(|e| &e.value))
+            .filter_map(|k| state.endpoints.get(k).map(|e| &*e.value))
             .collect();
 
         let rules = dp
@@ -362,7 +362,7 @@ fn destination_policy<'a>(
 ) -> Result<Option<&'a DestinationPolicy>, TranslateError> {
     match state.config(ConfigKind::DestinationPolicy, ns, name) {
         None => Ok(None),
-        Some(c) => match &c.stored.value {
+        Some(c) => match &*c.stored.value {
             ConfigSpec::DestinationPolicy(d) => Ok(Some(d)),
             other => Err(kind_mismatch(
                 ConfigKind::DestinationPolicy,
@@ -381,7 +381,7 @@ fn traffic_policy<'a>(
 ) -> Result<Option<&'a TrafficPolicy>, TranslateError> {
     match state.config(ConfigKind::TrafficPolicy, ns, name) {
         None => Ok(None),
-        Some(c) => match &c.stored.value {
+        Some(c) => match &*c.stored.value {
             ConfigSpec::TrafficPolicy(t) => Ok(Some(t)),
             other => Err(kind_mismatch(ConfigKind::TrafficPolicy, ns, name, other)),
         },
@@ -395,7 +395,7 @@ fn health_check<'a>(
 ) -> Result<Option<&'a HealthCheckSpec>, TranslateError> {
     match state.config(ConfigKind::HealthCheck, ns, name) {
         None => Ok(None),
-        Some(c) => match &c.stored.value {
+        Some(c) => match &*c.stored.value {
             ConfigSpec::HealthCheck(h) => Ok(Some(h)),
             other => Err(kind_mismatch(ConfigKind::HealthCheck, ns, name, other)),
         },
