@@ -190,11 +190,13 @@ impl StateMachineStore {
         data: Vec<u8>,
     ) -> Result<(SnapshotMeta<NodeId, NodeAddr>, Vec<u8>), StorageError> {
         let snapshots = self.snapshots.clone();
+        let started = std::time::Instant::now();
         let (meta, data) = run_blocking(move || {
             store_snapshot(&snapshots, &meta, &data)?;
             Ok((meta, data))
         })
         .await?;
+        let stored = started.elapsed();
         // The log below this snapshot is about to be purged: the snapshot and the state it
         // describes must be on disk first.
         self.db.flush_async().await.map_err(|e| {
@@ -204,6 +206,11 @@ impl StateMachineStore {
                 e,
             )
         })?;
+        tracing::debug!(
+            insert_ms = stored.as_millis() as u64,
+            flush_ms = (started.elapsed() - stored).as_millis() as u64,
+            "stored snapshot"
+        );
         Ok((meta, data))
     }
 }
@@ -266,6 +273,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let seq = self
             .snapshot_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let (meta, data) = run_blocking(move || {
             // Encoded from a clone taken under the read lock and encoded after it is released:
             // the state's maps share their nodes with the clone (only what writes touch later
@@ -297,8 +305,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             Ok((meta, data))
         })
         .await?;
+        let encoded = started.elapsed();
         let (meta, data) = self.save_snapshot(meta, data).await?;
-        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
+        tracing::info!(
+            index = ?meta.last_log_id.map(|l| l.index),
+            bytes = data.len(),
+            encode_ms = encoded.as_millis() as u64,
+            store_ms = (started.elapsed() - encoded).as_millis() as u64,
+            "built snapshot"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
