@@ -779,6 +779,19 @@ mod tests {
         PeerNetworkFactory::default().new_client(2, &node).await
     }
 
+    /// A stub with the replication stream, `configure`d, and a connection to it that has
+    /// made its first append (a unary call): the next one goes on the stream.
+    async fn streaming(configure: impl FnOnce(&mut StubPeer)) -> (StubPeer, PeerConnection) {
+        let mut peer = StubPeer {
+            streams: true,
+            ..StubPeer::default()
+        };
+        configure(&mut peer);
+        let mut connection = serve(peer.clone()).await;
+        assert!(append(&mut connection, 5_000).await, "the first append");
+        (peer, connection)
+    }
+
     async fn forwarded_read_index(clients: &PeerClients, addr: &str) -> u64 {
         match clients
             .forward(addr, &ForwardRequest::ReadIndex, Duration::from_secs(5))
@@ -846,13 +859,7 @@ mod tests {
     #[tokio::test]
     async fn a_commit_notice_is_not_waited_for_and_its_reply_is_read_before_the_next() {
         // The stream answers its first request only: a notice after it gets no reply.
-        let peer = StubPeer {
-            streams: true,
-            silent_after: Some(1),
-            ..StubPeer::default()
-        };
-        let mut connection = serve(peer.clone()).await;
-        assert!(append(&mut connection, 5_000).await, "the call");
+        let (peer, mut connection) = streaming(|p| p.silent_after = Some(1)).await;
         let confirmed = send_append(&mut connection, after(5, None), 5_000).await;
         assert_eq!(confirmed, Some(AppendEntriesResponse::Success));
         // Unanswered, and yet at once: nobody waited for its reply.
@@ -878,13 +885,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_notice_answered_with_a_higher_vote_is_given_to_openraft_at_the_next_request() {
-        let peer = StubPeer {
-            streams: true,
-            moved_on: true,
-            ..StubPeer::default()
-        };
-        let mut connection = serve(peer.clone()).await;
-        assert!(append(&mut connection, 5_000).await, "the call");
+        let (peer, mut connection) = streaming(|p| p.moved_on = true).await;
         assert_eq!(
             send_append(&mut connection, after(5, None), 5_000).await,
             Some(AppendEntriesResponse::Success)
@@ -944,13 +945,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_that_timed_out_is_replaced_so_a_late_reply_is_never_misread() {
-        let peer = StubPeer {
-            streams: true,
-            silent_after: Some(1),
-            ..StubPeer::default()
-        };
-        let mut connection = serve(peer.clone()).await;
-        assert!(append(&mut connection, 5_000).await, "the call");
+        let (peer, mut connection) = streaming(|p| p.silent_after = Some(1)).await;
         assert!(append(&mut connection, 5_000).await, "first on the stream");
         assert!(
             !append(&mut connection, 200).await,
