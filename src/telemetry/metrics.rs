@@ -350,7 +350,7 @@ impl Metrics {
             watch_history_bytes: gauge(
                 &registry,
                 "watch_history_bytes",
-                "Estimated encoded bytes of the events in the watch history",
+                "Estimated bytes of memory the events in the watch history hold",
             )?,
             watch_history_oldest: gauge(
                 &registry,

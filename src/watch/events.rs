@@ -84,37 +84,47 @@ pub fn published_events(
         .collect()
 }
 
-/// Roughly the bytes `object`'s event takes encoded: its strings and a little for each
-/// field. Exact for nothing, cheap, and close enough to bound the watch history's memory.
+/// Roughly the memory `object`'s event can hold in the history: the object itself (kept
+/// alive by the event once the state has replaced it), its encoding and its filter facts
+/// once a watcher has needed them. Every string counts with its header and allocation,
+/// every map entry with its share of a tree node; shared or not, so it errs high. Cheap:
+/// nothing is copied or encoded to compute it.
 pub fn estimated_size(object: ObjectRef<'_>) -> usize {
-    fn map(m: &std::collections::BTreeMap<String, String>) -> usize {
-        m.iter().map(|(k, v)| k.len() + v.len() + 6).sum()
+    /// A string held once in memory and once in the encoding.
+    fn text(s: &str) -> usize {
+        2 * s.len() + 48
     }
+    fn map(m: &std::collections::BTreeMap<String, String>) -> usize {
+        m.iter().map(|(k, v)| text(k) + text(v) + 64).sum()
+    }
+    // The event, the object's `Arc` and struct, the filter facts' struct.
+    const FIXED: usize = 512;
     match object {
         ObjectRef::Service(s) => {
             let v = &s.value;
-            48 + v.name.len()
-                + v.namespace.len()
-                + v.ports.iter().map(|p| p.name.len() + 12).sum::<usize>()
-                + map(&v.labels)
+            FIXED
+                + 2 * (text(&v.name) + text(&v.namespace))
+                + v.ports.iter().map(|p| text(&p.name) + 32).sum::<usize>()
+                + 2 * map(&v.labels)
                 + map(&v.metadata)
-                + v.depends_on.iter().map(|d| d.len() + 2).sum::<usize>()
+                + v.depends_on.iter().map(|d| text(d)).sum::<usize>()
         }
         ObjectRef::Endpoint(e) => {
             let v = &e.value;
-            80 + v.id.len()
-                + v.service.len()
-                + v.namespace.len()
-                + v.address.len()
-                + map(&v.labels)
-                + v.locality.region.len()
-                + v.locality.zone.len()
-                + v.locality.subzone.len()
+            FIXED
+                + 2 * (text(&v.id) + text(&v.service) + text(&v.namespace))
+                + text(&v.address)
+                + 2 * map(&v.labels)
+                + text(&v.locality.region)
+                + text(&v.locality.zone)
+                + text(&v.locality.subzone)
         }
-        // Config objects change rarely and have deep specs: measure the real encoding.
+        // Config objects change rarely and have deep specs: twice their real encoding.
         ObjectRef::Config(c) => {
             let config = config_to_proto(c);
-            48 + c.namespace.len() + c.name.len() + prost::Message::encoded_len(&config)
+            FIXED
+                + 2 * (text(&c.namespace) + text(&c.name))
+                + 2 * prost::Message::encoded_len(&config)
         }
     }
 }

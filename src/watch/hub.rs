@@ -22,7 +22,7 @@ use crate::telemetry::Metrics;
 pub struct HubConfig {
     /// Most events kept in the history.
     pub history_events: usize,
-    /// Most bytes of events kept in the history, as their estimated encoded size.
+    /// Most bytes of events kept in the history, as the memory they are estimated to hold.
     pub history_bytes: usize,
     /// Most revisions queued for one watcher before it is cancelled as too slow.
     pub watcher_queue: usize,
@@ -49,7 +49,7 @@ pub struct PublishedEvent {
     object: StoredObject,
     kind: pb::EventType,
     revision: u64,
-    /// Estimated encoded size, for the history's byte bound.
+    /// Estimated memory held, for the history's byte bound.
     size: usize,
     meta: OnceLock<ObjectMeta>,
     chunk: OnceLock<Bytes>,
@@ -99,7 +99,7 @@ pub struct RevisionBatch {
 
 impl RevisionBatch {
     fn bytes(&self) -> usize {
-        self.events.iter().map(|e| e.size + 64).sum()
+        self.events.iter().map(|e| e.size).sum()
     }
 
     /// Whether any event of this revision passes `filter`.
@@ -538,6 +538,39 @@ mod tests {
         assert_eq!(revisions, vec![3, 4, 5]);
         hub.publish(6, vec![event("web")]);
         assert_eq!(sub.shared.queue.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_byte_bound_counts_what_each_event_holds_and_keeps_the_newest() {
+        let small = test_event("web");
+        let one = small.size;
+        // The object, its encoding and its filter facts, each string with its overhead.
+        assert!(one >= 512 + 4 * "web".len(), "{one}");
+        let mut big = crate::model::Service::clone(match &small.object {
+            StoredObject::Service(s) => &s.value,
+            _ => unreachable!(),
+        });
+        big.metadata.insert("v".into(), "x".repeat(4096));
+        let big = PublishedEvent::new(
+            StoredObject::Service(crate::store::Stored {
+                value: Arc::new(big),
+                create_revision: 1,
+                mod_revision: 1,
+            }),
+            pb::EventType::Put,
+            1,
+        );
+        assert!(big.size >= one + 2 * 4096, "a large value counts twice");
+
+        let hub = hub(HubConfig {
+            history_bytes: 3 * one,
+            ..HubConfig::default()
+        });
+        for r in 1..=10 {
+            hub.publish(r, vec![event("web")]);
+        }
+        let kept: Vec<u64> = hub.lock().history.iter().map(|b| b.revision).collect();
+        assert_eq!(kept, vec![8, 9, 10]);
     }
 
     #[test]
