@@ -247,6 +247,7 @@ pub async fn run_node(
         .map_err(|e| anyhow::anyhow!("open state machine: {e}"))?
         .apply_only_synced(log_store.durable_index());
     let applied = state_machine.applied_state();
+    let snapshot_bytes = state_machine.snapshot_bytes();
     let peers = PeerClients::on_runtime(raft_runtime.handle().clone());
 
     let raft_config = openraft::Config {
@@ -454,6 +455,7 @@ pub async fn run_node(
             snapshot_after_bytes: config.raft.snapshot_log_mib << 20,
             keep_below_snapshot_bytes: config.raft.keep_log_mib << 20,
         },
+        snapshot_bytes,
     ));
     let metrics_task = tokio::spawn(crate::admin::track_raft_metrics(
         node.clone(),

@@ -56,8 +56,8 @@ pub struct ServeArgs {
     /// Log entries kept below the latest snapshot. [default: 10000]
     #[arg(long, env = "BOWLINE_LOGS_TO_KEEP")]
     pub logs_to_keep: Option<u64>,
-    /// Also build a snapshot once the log since the last one holds this many MiB (an entry
-    /// carries a batch of writes). [default: 64]
+    /// Also build a snapshot once the log since the last one holds this many MiB, or as much
+    /// as the last snapshot if that is more (an entry carries a batch of writes). [default: 64]
     #[arg(long, env = "BOWLINE_SNAPSHOT_LOG_MIB")]
     pub snapshot_log_mib: Option<u64>,
     /// Also purge the log below the latest snapshot beyond this many MiB. [default: 64]

@@ -96,6 +96,8 @@ pub struct StateMachineStore {
     applied: AppliedState,
     /// Counter that makes snapshot ids unique within a process.
     snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes of the current snapshot's state, for the size-based snapshot trigger.
+    snapshot_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// The highest log index on disk on this node, if applies must wait for it (see
     /// [`Self::apply_only_synced`]).
     durable_log: Option<watch::Receiver<u64>>,
@@ -130,10 +132,12 @@ impl StateMachineStore {
         let read = |e: sled::Error| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e);
         let snapshots = db.open_tree("snapshot").map_err(read)?;
         let mut applied = AppliedData::default();
+        let mut snapshot_bytes = 0;
         if let Some(bytes) = snapshots.get(KEY_CURRENT_SNAPSHOT).map_err(read)? {
             let decode_err = |e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
             let (meta, data): (SnapshotMeta<NodeId, NodeAddr>, &[u8]) =
                 codec::decode_borrowed(&bytes).map_err(decode_err)?;
+            snapshot_bytes = data.len() as u64;
             applied.state = codec::decode(data).map_err(decode_err)?;
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership;
@@ -155,6 +159,7 @@ impl StateMachineStore {
                 hub,
             },
             snapshot_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            snapshot_bytes: Arc::new(std::sync::atomic::AtomicU64::new(snapshot_bytes)),
             durable_log: None,
         })
     }
@@ -167,6 +172,12 @@ impl StateMachineStore {
     pub fn apply_only_synced(mut self, durable_log: watch::Receiver<u64>) -> Self {
         self.durable_log = Some(durable_log);
         self
+    }
+
+    /// The size of the current snapshot's state in bytes, kept up to date as snapshots are
+    /// built and installed.
+    pub fn snapshot_bytes(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.snapshot_bytes.clone()
     }
 
     /// The read handle for the API layer.
@@ -191,6 +202,8 @@ impl StateMachineStore {
     ) -> Result<(SnapshotMeta<NodeId, NodeAddr>, Vec<u8>), StorageError> {
         let snapshots = self.snapshots.clone();
         let started = std::time::Instant::now();
+        self.snapshot_bytes
+            .store(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let (meta, data) = run_blocking(move || {
             store_snapshot(&snapshots, &meta, &data)?;
             Ok((meta, data))
