@@ -226,17 +226,13 @@ impl PeerClients {
             Ok(payload) => payload,
             Err(e) => return Some(Err(unavailable(e.to_string()))),
         };
-        let exchanged = tokio::time::timeout(
-            timeout,
-            exchange(
-                &mut slot.stream,
-                PeerMessage { payload },
-                |requests| async move {
-                    let mut client = self.get(addr).map_err(tonic::Status::unavailable)?;
-                    client.read_indexes(requests).await
-                },
-            ),
-        )
+        let open = |requests| async move {
+            let mut client = self.get(addr).map_err(tonic::Status::unavailable)?;
+            client.read_indexes(requests).await
+        };
+        let exchanged = tokio::time::timeout(timeout, async {
+            next_reply(send(&mut slot.stream, PeerMessage { payload }, open).await?).await
+        })
         .await;
         let status = match exchanged {
             Ok(Ok(reply)) => {
@@ -315,24 +311,9 @@ struct OrderedStream {
     replies: tonic::Streaming<PeerMessage>,
 }
 
-/// Sends `message` on the stream in `slot`, opening one with `open` if there is none, and
-/// waits for its reply. A caller whose exchange failed or was abandoned must empty the
-/// slot: the reply it was owed would otherwise be taken for the next request's.
-async fn exchange<F, Fut>(
-    slot: &mut Option<OrderedStream>,
-    message: PeerMessage,
-    open: F,
-) -> Result<PeerMessage, tonic::Status>
-where
-    F: FnOnce(tokio_stream::wrappers::ReceiverStream<PeerMessage>) -> Fut,
-    Fut: std::future::Future<
-        Output = Result<tonic::Response<tonic::Streaming<PeerMessage>>, tonic::Status>,
-    >,
-{
-    next_reply(send(slot, message, open).await?).await
-}
-
-/// Sends `message` on the stream in `slot`, opening one with `open` if there is none.
+/// Sends `message` on the stream in `slot`, opening one with `open` if there is none. A
+/// caller that then fails to read its reply, or gives up on it, must empty the slot: the
+/// reply it was owed would otherwise be taken for the next request's.
 async fn send<F, Fut>(
     slot: &mut Option<OrderedStream>,
     message: PeerMessage,
@@ -657,11 +638,26 @@ mod tests {
         opened: Arc<AtomicU64>,
     }
 
-    fn success() -> PeerMessage {
-        let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-            Ok(AppendEntriesResponse::Success);
+    fn answer(response: AppendEntriesResponse<NodeId>) -> PeerMessage {
+        let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = Ok(response);
         PeerMessage {
             payload: codec::encode(&reply).unwrap(),
+        }
+    }
+
+    fn success() -> PeerMessage {
+        answer(AppendEntriesResponse::Success)
+    }
+
+    impl StubPeer {
+        /// Whether this stub has `rpc`'s stream (counting it as opened) or answers as an
+        /// older version would.
+        fn open_stream(&self, rpc: &str) -> Result<(), Status> {
+            if !self.streams {
+                return Err(Status::unimplemented(format!("no {rpc} in this version")));
+            }
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            Ok(())
         }
     }
 
@@ -690,10 +686,7 @@ mod tests {
             request: Request<Streaming<PeerMessage>>,
         ) -> Result<Response<Replies>, Status> {
             use futures::StreamExt;
-            if !self.streams {
-                return Err(Status::unimplemented("no Replicate in this version"));
-            }
-            self.opened.fetch_add(1, Ordering::SeqCst);
+            self.open_stream("Replicate")?;
             let (streamed, silent_after) = (self.streamed.clone(), self.silent_after);
             let moved_on = self.moved_on;
             let mut seen = 0;
@@ -706,11 +699,8 @@ mod tests {
                         let rpc: AppendEntriesRequest<TypeConfig> =
                             codec::decode(&m.payload).unwrap();
                         if rpc.entries.is_empty() && rpc.leader_commit.is_some() {
-                            let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-                                Ok(AppendEntriesResponse::HigherVote(openraft::Vote::new(9, 3)));
-                            Some(Ok(PeerMessage {
-                                payload: codec::encode(&reply).unwrap(),
-                            }))
+                            let vote = openraft::Vote::new(9, 3);
+                            Some(Ok(answer(AppendEntriesResponse::HigherVote(vote))))
                         } else {
                             Some(Ok(success()))
                         }
@@ -741,10 +731,7 @@ mod tests {
             request: Request<Streaming<PeerMessage>>,
         ) -> Result<Response<Replies>, Status> {
             use futures::StreamExt;
-            if !self.streams {
-                return Err(Status::unimplemented("no ReadIndexes in this version"));
-            }
-            self.opened.fetch_add(1, Ordering::SeqCst);
+            self.open_stream("ReadIndexes")?;
             let streamed = self.streamed.clone();
             let replies = request.into_inner().map(move |message| {
                 streamed.fetch_add(1, Ordering::SeqCst);

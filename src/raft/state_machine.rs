@@ -9,6 +9,7 @@
 //! already makes recoverable.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockWriteGuard, TryLockError};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -95,9 +96,9 @@ pub struct StateMachineStore {
     /// Shared with readers.
     applied: AppliedState,
     /// Counter that makes snapshot ids unique within a process.
-    snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
+    snapshot_seq: Arc<AtomicU64>,
     /// Bytes of the current snapshot's state, for the size-based snapshot trigger.
-    snapshot_bytes: Arc<std::sync::atomic::AtomicU64>,
+    snapshot_bytes: Arc<AtomicU64>,
     /// The highest log index on disk on this node, if applies must wait for it (see
     /// [`Self::apply_only_synced`]).
     durable_log: Option<watch::Receiver<u64>>,
@@ -158,8 +159,8 @@ impl StateMachineStore {
                 applied_index,
                 hub,
             },
-            snapshot_seq: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            snapshot_bytes: Arc::new(std::sync::atomic::AtomicU64::new(snapshot_bytes)),
+            snapshot_seq: Arc::new(AtomicU64::new(0)),
+            snapshot_bytes: Arc::new(AtomicU64::new(snapshot_bytes)),
             durable_log: None,
         })
     }
@@ -176,7 +177,7 @@ impl StateMachineStore {
 
     /// The size of the current snapshot's state in bytes, kept up to date as snapshots are
     /// built and installed.
-    pub fn snapshot_bytes(&self) -> Arc<std::sync::atomic::AtomicU64> {
+    pub fn snapshot_bytes(&self) -> Arc<AtomicU64> {
         self.snapshot_bytes.clone()
     }
 
@@ -202,13 +203,14 @@ impl StateMachineStore {
     ) -> Result<(SnapshotMeta<NodeId, NodeAddr>, Vec<u8>), StorageError> {
         let snapshots = self.snapshots.clone();
         let started = std::time::Instant::now();
-        self.snapshot_bytes
-            .store(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let (meta, data) = run_blocking(move || {
             store_snapshot(&snapshots, &meta, &data)?;
             Ok((meta, data))
         })
         .await?;
+        // Only a snapshot that is stored moves the size trigger.
+        self.snapshot_bytes
+            .store(data.len() as u64, Ordering::Relaxed);
         let stored = started.elapsed();
         // The log below this snapshot is about to be purged: the snapshot and the state it
         // describes must be on disk first.
@@ -283,9 +285,7 @@ fn write_applied(lock: &RwLock<AppliedData>) -> RwLockWriteGuard<'_, AppliedData
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let applied = self.applied.inner.clone();
-        let seq = self
-            .snapshot_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let (meta, data) = run_blocking(move || {
             // Encoded from a clone taken under the read lock and encoded after it is released:
