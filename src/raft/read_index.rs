@@ -68,6 +68,11 @@ impl ReadIndexBatcher {
             let batch_sizes = self.batch_sizes.clone();
             tokio::spawn(async move {
                 loop {
+                    // Reads already runnable join this batch first: a yielded task runs again
+                    // only after the runtime's other ready tasks and a poll of its I/O
+                    // driver. Each confirmation costs ~100 µs of CPU over the two nodes; at 64
+                    // concurrent reads on a follower this took batches from ~14 reads to ~22.
+                    tokio::task::yield_now().await;
                     let batch = {
                         let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
                         if queue.waiting.is_empty() {
