@@ -135,6 +135,9 @@ fn leader_desc(id: &Option<NodeId>, addr: &Option<String>) -> String {
 pub struct PeerClients {
     /// One lazily-connected channel per address; tonic reconnects it as needed.
     channels: Arc<Mutex<HashMap<String, RaftPeerClient<Channel>>>>,
+    /// Channels for the read-index streams only, whose connections run on the runtime of
+    /// whoever opens them (the client runtime, where the reads wait), not the Raft runtime.
+    read_index_channels: Arc<Mutex<HashMap<String, RaftPeerClient<Channel>>>>,
     /// Per leader address, the stream this node's read-index requests take in turn. An
     /// async mutex: the turn lasts the whole exchange.
     read_index_streams: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<ReadIndexStream>>>>>,
@@ -147,6 +150,7 @@ impl PeerClients {
     pub fn on_runtime(runtime: tokio::runtime::Handle) -> Self {
         Self {
             channels: Arc::default(),
+            read_index_channels: Arc::default(),
             read_index_streams: Arc::default(),
             runtime: Some(runtime),
         }
@@ -154,7 +158,17 @@ impl PeerClients {
 
     /// A client for `addr` (`host:port`).
     pub fn get(&self, addr: &str) -> Result<RaftPeerClient<Channel>, String> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        Self::cached(&self.channels, addr, self.runtime.as_ref())
+    }
+
+    /// The client in `channels` for `addr`, made on first use with its connection on
+    /// `runtime` (the caller's if `None`).
+    fn cached(
+        channels: &Mutex<HashMap<String, RaftPeerClient<Channel>>>,
+        addr: &str,
+        runtime: Option<&tokio::runtime::Handle>,
+    ) -> Result<RaftPeerClient<Channel>, String> {
+        let mut channels = channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = channels.get(addr) {
             return Ok(client.clone());
         }
@@ -162,7 +176,7 @@ impl PeerClients {
             .map_err(|e| format!("bad peer address {addr}: {e}"))?
             .connect_timeout(Duration::from_millis(500))
             .http2_keep_alive_interval(Duration::from_secs(10));
-        let _runtime = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
+        let _runtime = runtime.map(tokio::runtime::Handle::enter);
         let channel = endpoint.connect_with_connector_lazy(crate::transport::CoalescingConnector);
         let client = RaftPeerClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
@@ -227,7 +241,8 @@ impl PeerClients {
             Err(e) => return Some(Err(unavailable(e.to_string()))),
         };
         let open = |requests| async move {
-            let mut client = self.get(addr).map_err(tonic::Status::unavailable)?;
+            let mut client = Self::cached(&self.read_index_channels, addr, None)
+                .map_err(tonic::Status::unavailable)?;
             client.read_indexes(requests).await
         };
         let exchanged = tokio::time::timeout(timeout, async {
