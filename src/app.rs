@@ -243,9 +243,14 @@ pub async fn run_node(
     let metrics = Metrics::new(config.id).context("register metrics")?;
     let log_store = FileLogStore::open(&config.data_dir.join("raft-log"), &db, config.id)
         .map_err(|e| anyhow::anyhow!("open raft log: {e}"))?;
-    let state_machine = StateMachineStore::open_with(&db, config.watch.clone(), metrics.clone())
-        .map_err(|e| anyhow::anyhow!("open state machine: {e}"))?
-        .apply_only_synced(log_store.durable_index());
+    let state_machine = StateMachineStore::open_with(
+        &db,
+        &config.data_dir.join("snapshots"),
+        config.watch.clone(),
+        metrics.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("open state machine: {e}"))?
+    .apply_only_synced(log_store.durable_index());
     let applied = state_machine.applied_state();
     let snapshot_bytes = state_machine.snapshot_bytes();
     let peers = PeerClients::on_runtime(raft_runtime.handle().clone());

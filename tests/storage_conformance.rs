@@ -19,7 +19,7 @@ impl StoreBuilder<TypeConfig, FileLogStore, StateMachineStore, tempfile::TempDir
             .open()
             .expect("open sled");
         let log = FileLogStore::open(&dir.path().join("raft-log"), &db, 1).expect("log store");
-        let sm = StateMachineStore::open(&db)?;
+        let sm = StateMachineStore::open(&db, &dir.path().join("snapshots"))?;
         Ok((dir, log, sm))
     }
 }

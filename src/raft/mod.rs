@@ -16,6 +16,7 @@ pub mod proposal_batch;
 pub mod read_index;
 pub mod read_lease;
 pub mod runtime;
+pub mod snapshot_file;
 pub mod state_machine;
 
 use std::fmt;

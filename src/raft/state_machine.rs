@@ -1,6 +1,7 @@
 //! The replicated state machine: applies committed entries to the in-memory
-//! [`RegistryState`]. Only snapshots are written to disk (the `snapshot` tree in sled,
-//! flushed before the log below them may be purged); after a restart the node loads its
+//! [`RegistryState`]. Only snapshots are written to disk (a file in `snapshots/`, named by
+//! a record in sled's `snapshot` tree, both synced before the log below them may be
+//! purged; see `snapshot_file.rs`); after a restart the node loads its
 //! latest snapshot and openraft re-applies the log after it, so the state is rebuilt from
 //! the same durable log every acknowledged write is in.
 //!
@@ -9,21 +10,27 @@
 //! already makes recoverable.
 
 use std::io::Cursor;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockWriteGuard, TryLockError};
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard, TryLockError};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
 use tokio::sync::watch;
 
 use super::codec;
+use super::snapshot_file::{SnapshotFiles, SnapshotRecord};
 use super::{Entry, LogId, NodeAddr, NodeId, StorageError, StoredMembership, TypeConfig};
 use crate::command::EntryResults;
 use crate::store::{apply_command, RegistryState};
 use crate::telemetry::Metrics;
 use crate::watch::{HubConfig, WatchHub};
 
-const KEY_CURRENT_SNAPSHOT: &[u8] = b"current";
+/// The current snapshot's [`SnapshotRecord`].
+const KEY_SNAPSHOT_RECORD: &[u8] = b"record";
+/// Where versions before the snapshot files kept the current snapshot, metadata and data in
+/// one value. Read when there is no record; removed when the first record is stored.
+const KEY_LEGACY_SNAPSHOT: &[u8] = b"current";
 
 /// What a node has applied, shared with readers.
 #[derive(Debug, Default)]
@@ -89,10 +96,16 @@ impl AppliedState {
 /// The openraft state machine: the state in memory, its snapshots in sled.
 #[derive(Clone)]
 pub struct StateMachineStore {
-    /// For `flush_async` when a snapshot is saved or installed.
+    /// For the flush when a snapshot is saved or installed.
     db: sled::Db,
-    /// The current snapshot (meta and data).
+    /// The current snapshot's record.
     snapshots: sled::Tree,
+    /// The snapshots' data files.
+    snapshot_files: SnapshotFiles,
+    /// Held while a snapshot is stored: a snapshot built from the state before an install
+    /// may finish storing after it, and must neither replace it nor have its file removed
+    /// while it is being named.
+    save_lock: Arc<Mutex<()>>,
     /// Shared with readers.
     applied: AppliedState,
     /// Counter that makes snapshot ids unique within a process.
@@ -117,29 +130,33 @@ fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> S
 
 impl StateMachineStore {
     /// Opens the state trees with default watch limits (for tests and tools).
-    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+    pub fn open(db: &sled::Db, snapshot_dir: &Path) -> Result<Self, StorageError> {
         let metrics =
             Metrics::new(0).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-        Self::open_with(db, HubConfig::default(), metrics)
+        Self::open_with(db, snapshot_dir, HubConfig::default(), metrics)
     }
 
     /// Opens the state trees and loads the applied state into memory; the watch hub starts
     /// at the loaded revision, with no history before it.
     pub fn open_with(
         db: &sled::Db,
+        snapshot_dir: &Path,
         hub_config: HubConfig,
         metrics: Metrics,
     ) -> Result<Self, StorageError> {
         let read = |e: sled::Error| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e);
         let snapshots = db.open_tree("snapshot").map_err(read)?;
+        let snapshot_files = SnapshotFiles::open(snapshot_dir)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         let mut applied = AppliedData::default();
         let mut snapshot_bytes = 0;
-        if let Some(bytes) = snapshots.get(KEY_CURRENT_SNAPSHOT).map_err(read)? {
+        let current = current_snapshot(&snapshots, &snapshot_files)?;
+        // A crash between a file's rename and its record leaves a file nobody names.
+        snapshot_files.remove_all_but(current.as_ref().and_then(|c| c.file.as_deref()));
+        if let Some(CurrentSnapshot { meta, data, .. }) = current {
             let decode_err = |e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
-            let (meta, data): (SnapshotMeta<NodeId, NodeAddr>, &[u8]) =
-                codec::decode_borrowed(&bytes).map_err(decode_err)?;
             snapshot_bytes = data.len() as u64;
-            applied.state = codec::decode(data).map_err(decode_err)?;
+            applied.state = codec::decode(&data).map_err(decode_err)?;
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership;
         }
@@ -154,6 +171,8 @@ impl StateMachineStore {
         Ok(Self {
             db: db.clone(),
             snapshots,
+            snapshot_files,
+            save_lock: Arc::default(),
             applied: AppliedState {
                 inner: Arc::new(RwLock::new(applied)),
                 applied_index,
@@ -188,46 +207,123 @@ impl StateMachineStore {
 
     /// Index of the current snapshot, if any (for status).
     pub fn snapshot_index(&self) -> Option<u64> {
-        let bytes = self.snapshots.get(KEY_CURRENT_SNAPSHOT).ok().flatten()?;
-        let (meta, _): (SnapshotMeta<NodeId, NodeAddr>, &[u8]) =
-            codec::decode_borrowed(&bytes).ok()?;
-        meta.last_log_id.map(|l| l.index)
+        current_meta(&self.snapshots)
+            .ok()
+            .flatten()?
+            .last_log_id
+            .map(|l| l.index)
     }
 
-    /// Stores `data` as the current snapshot and flushes it to disk. The encoding and the sled
-    /// insert run off the async threads (see `build_snapshot`).
+    /// Stores `data` as the current snapshot, on disk before this returns, unless a newer
+    /// snapshot is already stored. Runs off the async threads (see `build_snapshot`).
     async fn save_snapshot(
         &self,
         meta: SnapshotMeta<NodeId, NodeAddr>,
         data: Vec<u8>,
     ) -> Result<(SnapshotMeta<NodeId, NodeAddr>, Vec<u8>), StorageError> {
-        let snapshots = self.snapshots.clone();
+        let (db, snapshots, files, lock) = (
+            self.db.clone(),
+            self.snapshots.clone(),
+            self.snapshot_files.clone(),
+            self.save_lock.clone(),
+        );
         let started = std::time::Instant::now();
-        let (meta, data) = run_blocking(move || {
-            store_snapshot(&snapshots, &meta, &data)?;
-            Ok((meta, data))
+        let (meta, data, stored) = run_blocking(move || {
+            let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let stored = store_snapshot(&db, &snapshots, &files, &meta, &data)?;
+            Ok((meta, data, stored))
         })
         .await?;
-        // Only a snapshot that is stored moves the size trigger.
-        self.snapshot_bytes
-            .store(data.len() as u64, Ordering::Relaxed);
-        let stored = started.elapsed();
-        // The log below this snapshot is about to be purged: the snapshot and the state it
-        // describes must be on disk first.
-        self.db.flush_async().await.map_err(|e| {
-            io_err(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
+        if stored {
+            self.snapshot_bytes
+                .store(data.len() as u64, Ordering::Relaxed);
+        } else {
+            tracing::info!(
+                index = ?meta.last_log_id.map(|l| l.index),
+                "a newer snapshot is stored already; kept it"
+            );
+        }
         tracing::debug!(
-            insert_ms = stored.as_millis() as u64,
-            flush_ms = (started.elapsed() - stored).as_millis() as u64,
-            "stored snapshot"
+            stored,
+            ms = started.elapsed().as_millis() as u64,
+            "saved snapshot"
         );
         Ok((meta, data))
     }
+}
+
+fn snapshot_error(
+    meta: Option<&SnapshotMeta<NodeId, NodeAddr>>,
+    verb: ErrorVerb,
+) -> impl Fn(String) -> StorageError + '_ {
+    move |e| io_err(ErrorSubject::Snapshot(meta.map(|m| m.signature())), verb, e)
+}
+
+/// The current snapshot's metadata: from its record, or from the single value older
+/// versions stored.
+fn current_meta(
+    snapshots: &sled::Tree,
+) -> Result<Option<SnapshotMeta<NodeId, NodeAddr>>, StorageError> {
+    if let Some(record) = current_record(snapshots)? {
+        return Ok(Some(record.meta));
+    }
+    legacy_snapshot(snapshots, |meta, _| meta)
+}
+
+/// What `take` makes of the snapshot an older version kept in sled (meta and data in one
+/// value), if there is one.
+fn legacy_snapshot<T>(
+    snapshots: &sled::Tree,
+    take: impl FnOnce(SnapshotMeta<NodeId, NodeAddr>, &[u8]) -> T,
+) -> Result<Option<T>, StorageError> {
+    let read = snapshot_error(None, ErrorVerb::Read);
+    let Some(bytes) = snapshots
+        .get(KEY_LEGACY_SNAPSHOT)
+        .map_err(|e| read(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let (meta, data): (SnapshotMeta<NodeId, NodeAddr>, &[u8]) =
+        codec::decode_borrowed(&bytes).map_err(|e| read(e.to_string()))?;
+    Ok(Some(take(meta, data)))
+}
+
+fn current_record(snapshots: &sled::Tree) -> Result<Option<SnapshotRecord>, StorageError> {
+    let read = snapshot_error(None, ErrorVerb::Read);
+    snapshots
+        .get(KEY_SNAPSHOT_RECORD)
+        .map_err(|e| read(e.to_string()))?
+        .map(|bytes| codec::decode(&bytes).map_err(|e| read(e.to_string())))
+        .transpose()
+}
+
+/// The current snapshot as read from disk.
+struct CurrentSnapshot {
+    meta: SnapshotMeta<NodeId, NodeAddr>,
+    data: Vec<u8>,
+    /// The file that holds the data; none for a snapshot an older version stored in sled.
+    file: Option<String>,
+}
+
+fn current_snapshot(
+    snapshots: &sled::Tree,
+    files: &SnapshotFiles,
+) -> Result<Option<CurrentSnapshot>, StorageError> {
+    if let Some(record) = current_record(snapshots)? {
+        let data = files
+            .read(&record)
+            .map_err(|e| snapshot_error(Some(&record.meta), ErrorVerb::Read)(e.to_string()))?;
+        return Ok(Some(CurrentSnapshot {
+            meta: record.meta,
+            data,
+            file: Some(record.file),
+        }));
+    }
+    legacy_snapshot(snapshots, |meta, data| CurrentSnapshot {
+        meta,
+        data: data.to_vec(),
+        file: None,
+    })
 }
 
 /// Runs `f` on tokio's blocking pool. Encoding or storing a state of a few hundred thousand
@@ -242,24 +338,34 @@ async fn run_blocking<T: Send + 'static>(
         .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
 }
 
-/// Encodes `meta` and `data` and makes them the current snapshot in sled (not yet flushed).
+/// Makes `data` the current snapshot and syncs it, unless the stored one is newer; returns
+/// whether it did. The log below a snapshot is purged once this returns, so the file and the
+/// record naming it are both on disk first; the file the record named before is removed
+/// only after that.
 fn store_snapshot(
+    db: &sled::Db,
     snapshots: &sled::Tree,
+    files: &SnapshotFiles,
     meta: &SnapshotMeta<NodeId, NodeAddr>,
     data: &[u8],
-) -> Result<(), StorageError> {
-    let write = |e: String| {
-        io_err(
-            ErrorSubject::Snapshot(Some(meta.signature())),
-            ErrorVerb::Write,
-            e,
-        )
-    };
-    let bytes = codec::encode(&(meta, data)).map_err(|e| write(e.to_string()))?;
+) -> Result<bool, StorageError> {
+    if current_meta(snapshots)?.is_some_and(|current| current.last_log_id > meta.last_log_id) {
+        return Ok(false);
+    }
+    let write = snapshot_error(Some(meta), ErrorVerb::Write);
+    let record = files.write(meta, data).map_err(|e| write(e.to_string()))?;
+    let mut batch = sled::Batch::default();
+    batch.insert(
+        KEY_SNAPSHOT_RECORD,
+        codec::encode(&record).map_err(|e| write(e.to_string()))?,
+    );
+    batch.remove(KEY_LEGACY_SNAPSHOT);
     snapshots
-        .insert(KEY_CURRENT_SNAPSHOT, bytes)
+        .apply_batch(batch)
         .map_err(|e| write(e.to_string()))?;
-    Ok(())
+    db.flush().map_err(|e| write(e.to_string()))?;
+    files.remove_all_but(Some(&record.file));
+    Ok(true)
 }
 
 /// Takes the state's write lock without stalling the Raft runtime: if a reader holds it
@@ -459,18 +565,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(bytes) = self
-            .snapshots
-            .get(KEY_CURRENT_SNAPSHOT)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
-        else {
-            return Ok(None);
-        };
-        let (meta, data): (SnapshotMeta<NodeId, NodeAddr>, &[u8]) = codec::decode_borrowed(&bytes)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data.to_vec())),
+        let (snapshots, files, lock) = (
+            self.snapshots.clone(),
+            self.snapshot_files.clone(),
+            self.save_lock.clone(),
+        );
+        // A large file takes a while to read: not on the Raft runtime's thread.
+        let current = run_blocking(move || {
+            // Not while a save replaces the file it would read.
+            let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+            current_snapshot(&snapshots, &files)
+        })
+        .await?;
+        Ok(current.map(|c| Snapshot {
+            meta: c.meta,
+            snapshot: Box::new(Cursor::new(c.data)),
         }))
     }
 }
@@ -493,7 +602,7 @@ mod tests {
     fn open_store() -> (tempfile::TempDir, StateMachineStore) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let store = StateMachineStore::open(&db).unwrap();
+        let store = StateMachineStore::open(&db, &dir.path().join("snapshots")).unwrap();
         (dir, store)
     }
 
@@ -574,5 +683,94 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(current.meta.snapshot_id, meta.snapshot_id);
+    }
+
+    fn snapshot_meta(index: u64, id: &str) -> SnapshotMeta<NodeId, NodeAddr> {
+        SnapshotMeta {
+            last_log_id: Some(blank_entry(index).log_id),
+            last_membership: StoredMembership::default(),
+            snapshot_id: id.to_string(),
+        }
+    }
+
+    fn data_at(revision: u64) -> Vec<u8> {
+        let state = RegistryState {
+            revision,
+            ..RegistryState::default()
+        };
+        codec::encode(&state).unwrap()
+    }
+
+    async fn current_id(store: &StateMachineStore) -> Option<String> {
+        let mut reader = store.clone();
+        let current = reader.get_current_snapshot().await.unwrap();
+        current.map(|s| s.meta.snapshot_id)
+    }
+
+    #[tokio::test]
+    async fn a_stored_snapshot_is_loaded_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot_dir = dir.path().join("snapshots");
+        {
+            let db = sled::open(dir.path().join("db")).unwrap();
+            let store = StateMachineStore::open(&db, &snapshot_dir).unwrap();
+            store
+                .save_snapshot(snapshot_meta(7, "one"), data_at(7))
+                .await
+                .unwrap();
+        }
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let store = StateMachineStore::open(&db, &snapshot_dir).unwrap();
+        assert_eq!(store.snapshot_index(), Some(7));
+        assert_eq!(store.applied.read(|_, revision| revision), 7);
+        assert_eq!(current_id(&store).await.as_deref(), Some("one"));
+        let files: Vec<_> = std::fs::read_dir(&snapshot_dir).unwrap().collect();
+        assert_eq!(files.len(), 1, "one snapshot file");
+    }
+
+    #[tokio::test]
+    async fn an_older_snapshot_never_replaces_a_newer_one() {
+        let (dir, store) = open_store();
+        store
+            .save_snapshot(snapshot_meta(9, "newer"), data_at(9))
+            .await
+            .unwrap();
+        // Built from the state before the newer one was installed, saved after it.
+        store
+            .save_snapshot(snapshot_meta(5, "older"), data_at(5))
+            .await
+            .unwrap();
+        assert_eq!(store.snapshot_index(), Some(9));
+        assert_eq!(current_id(&store).await.as_deref(), Some("newer"));
+        assert_eq!(
+            store.snapshot_bytes().load(Ordering::Relaxed),
+            data_at(9).len() as u64
+        );
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, vec!["snapshot-newer.bin".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_an_older_version_kept_in_sled_is_loaded_then_replaced_by_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let legacy = codec::encode(&(snapshot_meta(4, "legacy"), data_at(4).as_slice())).unwrap();
+        db.open_tree("snapshot")
+            .unwrap()
+            .insert(KEY_LEGACY_SNAPSHOT, legacy)
+            .unwrap();
+        let store = StateMachineStore::open(&db, &dir.path().join("snapshots")).unwrap();
+        assert_eq!(store.applied.read(|_, revision| revision), 4);
+        assert_eq!(store.snapshot_index(), Some(4));
+        assert_eq!(current_id(&store).await.as_deref(), Some("legacy"));
+        store
+            .save_snapshot(snapshot_meta(8, "file"), data_at(8))
+            .await
+            .unwrap();
+        assert!(store.snapshots.get(KEY_LEGACY_SNAPSHOT).unwrap().is_none());
+        assert_eq!(current_id(&store).await.as_deref(), Some("file"));
     }
 }
