@@ -490,8 +490,18 @@ pub async fn run_node(
     let client_task = tokio::spawn(client_server);
     let admin_task = tokio::spawn(admin_server);
 
-    shutdown.await;
-    tracing::info!("shutting down: draining requests");
+    // A node whose Raft core or log sync failed can no longer apply or acknowledge
+    // anything: it stops as on SIGTERM (a leader still hands off), then exits with the
+    // reason (`raft/failure.rs`).
+    let failure = crate::raft::failure::node_failure(raft.metrics(), log_store.failure());
+    let failed = tokio::select! {
+        () = shutdown => None,
+        reason = failure => Some(reason),
+    };
+    match &failed {
+        None => tracing::info!("shutting down: draining requests"),
+        Some(reason) => tracing::error!(%reason, "stopping: this node can no longer serve"),
+    }
     let _ = stop_tx.send(true);
     // Watch streams never end on their own: end them (clients resume elsewhere) so the
     // client server can drain.
@@ -524,7 +534,10 @@ pub async fn run_node(
     drop(raft_runtime);
     db.flush_async().await.context("flush sled on shutdown")?;
     tracing::info!("stopped");
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off. The builder's `tcp_nodelay` only applies

@@ -116,6 +116,10 @@ struct Durability {
     /// reaches openraft (which stops the node) instead of leaving it a leader that never
     /// applies.
     flusher_failed: AtomicBool,
+    /// Why the flusher's sync failed, for the node to stop on at once: a leader that takes
+    /// no new write would otherwise never reach the inline sync that stops it, and would
+    /// neither apply nor step down.
+    failure: tokio::sync::watch::Sender<Option<String>>,
     /// Set when a commit index sent to followers was capped: once the sync catches up,
     /// [`FileLogStore::commit_capped_then_synced`] wakes whoever sends them the rest, or
     /// the last write before a quiet spell would reach followers a heartbeat late.
@@ -172,6 +176,9 @@ fn run_flusher(
             Err(e) => {
                 tracing::error!(error = %e, "raft log fdatasync failed");
                 durability.flusher_failed.store(true, Ordering::Release);
+                durability
+                    .failure
+                    .send_replace(Some(format!("raft log fdatasync failed: {e}")));
             }
         }
     }
@@ -639,6 +646,7 @@ impl FileLogStore {
             flush,
             leading_term: AtomicU64::new(0),
             flusher_failed: AtomicBool::new(false),
+            failure: tokio::sync::watch::channel(None).0,
             commit_capped: AtomicBool::new(false),
             synced_after_cap: tokio::sync::Notify::new(),
         });
@@ -654,6 +662,11 @@ impl FileLogStore {
             db: db.clone(),
             meta,
         })
+    }
+
+    /// Becomes `Some(reason)` when the log's sync thread failed: the node must stop.
+    pub fn failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.durability.failure.subscribe()
     }
 
     /// Follows the highest log index that is on disk here.
@@ -1207,5 +1220,28 @@ mod tests {
         let parsed = parse_segment(&data);
         assert_eq!(parsed.valid_len, 0);
         assert!(parsed.records.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_on_the_sync_thread_is_reported_as_the_nodes_failure() {
+        let (_dir, store) = open_store();
+        let mut failure = store.failure();
+        assert!(failure.borrow().is_none());
+        // fsync on a pipe fails (EINVAL), as a sync on a failing disk would.
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let pipe = File::from(std::os::fd::OwnedFd::from(reader));
+        lock(&store.log).unsynced.push(Arc::new(pipe));
+        store.durability.flush.send(()).unwrap();
+        let reason = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            failure.wait_for(|f| f.is_some()),
+        )
+        .await
+        .expect("the sync thread's failure was not reported")
+        .unwrap()
+        .clone()
+        .unwrap();
+        assert!(reason.contains("raft log fdatasync failed"), "{reason}");
+        assert!(store.durability.flusher_failed.load(Ordering::Acquire));
     }
 }

@@ -9,6 +9,7 @@ pub mod campaign;
 pub mod codec;
 pub mod compaction;
 pub mod consensus;
+pub mod failure;
 pub mod log_store;
 pub mod network;
 pub mod peer_server;
