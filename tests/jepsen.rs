@@ -101,3 +101,20 @@ fn stale_reads_are_caught_as_not_linearizable() {
         "a stale read should be named as where to look: {r:#}"
     );
 }
+
+#[test]
+fn an_even_or_out_of_range_cluster_size_is_refused_before_anything_starts() {
+    for nodes in ["4", "9"] {
+        let out = std::process::Command::new(common::bowline_bin())
+            .args(["jepsen", "--nodes", nodes, "--seconds", "1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--nodes {nodes} was accepted");
+        assert!(stderr.contains("--nodes"), "{stderr}");
+        assert!(
+            !stderr.contains("starting"),
+            "a cluster was started: {stderr}"
+        );
+    }
+}

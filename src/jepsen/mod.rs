@@ -1,6 +1,7 @@
 //! `bowline jepsen`: a linearizability test in the manner of Jepsen. Clients pinned to the
-//! nodes of a local three-node cluster of real processes read and write a handful of
-//! registers (a service's metadata value) while a nemesis kills, pauses or cuts off nodes;
+//! nodes of a local cluster of real processes (three nodes, or `--nodes` 5 or 7) read and
+//! write a handful of registers (a service's metadata value) while a nemesis kills, pauses
+//! or cuts off nodes;
 //! every operation is recorded with its invocation and return time, and the history of
 //! each register is then checked for linearizability ([`checker`]).
 //!
@@ -62,7 +63,10 @@ pub struct JepsenArgs {
     /// Most operations in all (the run stops at this or --seconds, whichever comes first).
     #[arg(long, default_value_t = 200_000)]
     pub max_ops: usize,
-    /// Concurrent clients; client i is pinned to node i mod 3.
+    /// Cluster size: 3, 5 or 7 nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=7))]
+    pub nodes: u64,
+    /// Concurrent clients; client i is pinned to node i mod --nodes.
     #[arg(long, default_value_t = 9)]
     pub clients: usize,
     /// Registers the clients share (fewer means more contention on each).
@@ -154,6 +158,8 @@ pub struct KeyResult {
 /// The result of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct JepsenResult {
+    /// Nodes in the cluster.
+    pub nodes: u64,
     /// Read consistency tested (`--consistency`); stale is expected to fail the check.
     pub reads: &'static str,
     /// Acknowledged writes.
@@ -442,15 +448,18 @@ pub async fn run(
     if args.keys == 0 || args.clients == 0 {
         anyhow::bail!("--keys and --clients must be at least 1");
     }
+    if args.nodes.is_multiple_of(2) {
+        anyhow::bail!("--nodes must be odd (3, 5 or 7): an even cluster tolerates no more failures than the odd one below it");
+    }
     let partition = args.nemesis.contains(&Fault::Partition);
     if partition {
         crate::bench::netns::check_available()?;
     }
-    eprintln!("jepsen: starting a three-node cluster");
+    eprintln!("jepsen: starting a {}-node cluster", args.nodes);
     let mut cluster = if partition {
-        LocalCluster::start_partitionable(3, &[]).await?
+        LocalCluster::start_partitionable(args.nodes, &[]).await?
     } else {
-        LocalCluster::start(3, &[]).await?
+        LocalCluster::start(args.nodes, &[]).await?
     };
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let began = Instant::now();
@@ -574,6 +583,7 @@ pub async fn run(
     };
     let keys = check(&history, args.keys);
     let result = JepsenResult {
+        nodes: args.nodes,
         reads: if consistency == pb::Consistency::Stale {
             "stale"
         } else {
@@ -611,7 +621,8 @@ fn print_result(r: &JepsenResult) {
         *by_fault.entry(format!("{:?}", f.fault)).or_default() += 1;
     }
     println!(
-        "writes: {} acknowledged, {} unknown; reads: {} answered, {} failed; faults: {}",
+        "{} nodes; writes: {} acknowledged, {} unknown; reads: {} answered, {} failed; faults: {}",
+        r.nodes,
         r.writes_ok,
         r.writes_unknown,
         r.reads_ok,
