@@ -93,7 +93,7 @@ impl AppliedState {
     }
 }
 
-/// The openraft state machine: the state in memory, its snapshots in sled.
+/// The openraft state machine: the state in memory, its snapshots in files named in sled.
 #[derive(Clone)]
 pub struct StateMachineStore {
     /// For the flush when a snapshot is saved or installed.
@@ -252,6 +252,7 @@ impl StateMachineStore {
     }
 }
 
+/// Makes a storage error about the snapshot `meta` (or the current one) from a message.
 fn snapshot_error(
     meta: Option<&SnapshotMeta<NodeId, NodeAddr>>,
     verb: ErrorVerb,
@@ -288,6 +289,7 @@ fn legacy_snapshot<T>(
     Ok(Some(take(meta, data)))
 }
 
+/// The current snapshot's record, if one was stored.
 fn current_record(snapshots: &sled::Tree) -> Result<Option<SnapshotRecord>, StorageError> {
     let read = snapshot_error(None, ErrorVerb::Read);
     snapshots
@@ -305,6 +307,7 @@ struct CurrentSnapshot {
     file: Option<String>,
 }
 
+/// The current snapshot, from its file or (from an older version) from sled.
 fn current_snapshot(
     snapshots: &sled::Tree,
     files: &SnapshotFiles,
