@@ -103,12 +103,11 @@ fn stale_reads_are_caught_as_not_linearizable() {
 }
 
 #[test]
-fn an_even_or_out_of_range_cluster_size_is_refused_before_anything_starts() {
+fn an_even_or_out_of_range_cluster_size_is_refused_before_anything_starts() -> std::io::Result<()> {
     for nodes in ["4", "9"] {
         let out = std::process::Command::new(common::bowline_bin())
             .args(["jepsen", "--nodes", nodes, "--seconds", "1"])
-            .output()
-            .unwrap();
+            .output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "--nodes {nodes} was accepted");
         assert!(stderr.contains("--nodes"), "{stderr}");
@@ -117,4 +116,5 @@ fn an_even_or_out_of_range_cluster_size_is_refused_before_anything_starts() {
             "a cluster was started: {stderr}"
         );
     }
+    Ok(())
 }

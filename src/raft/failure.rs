@@ -72,28 +72,33 @@ mod tests {
         assert!((&mut failure).now_or_never().is_none());
     }
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     #[tokio::test]
-    async fn a_failed_log_sync_is_a_failure() {
+    async fn a_failed_log_sync_is_a_failure() -> TestResult {
         let (raft, log) = channels();
         let failure = tokio::spawn(node_failure(raft.subscribe(), log.subscribe()));
         log.send_replace(Some("raft log fdatasync failed: EIO".to_string()));
-        assert_eq!(failure.await.unwrap(), "raft log fdatasync failed: EIO");
+        assert_eq!(failure.await?, "raft log fdatasync failed: EIO");
+        Ok(())
     }
 
     #[tokio::test]
-    async fn a_fatal_error_in_raft_is_a_failure() {
+    async fn a_fatal_error_in_raft_is_a_failure() -> TestResult {
         let (raft, log) = channels();
         let failure = tokio::spawn(node_failure(raft.subscribe(), log.subscribe()));
         raft.send_modify(|m| m.running_state = Err(openraft::error::Fatal::Panicked));
-        let reason = failure.await.unwrap();
+        let reason = failure.await?;
         assert!(reason.starts_with("raft stopped: "), "{reason}");
+        Ok(())
     }
 
     #[tokio::test]
-    async fn a_core_gone_without_a_word_is_a_failure() {
+    async fn a_core_gone_without_a_word_is_a_failure() -> TestResult {
         let (raft, log) = channels();
         let failure = tokio::spawn(node_failure(raft.subscribe(), log.subscribe()));
         drop(raft);
-        assert_eq!(failure.await.unwrap(), "raft stopped");
+        assert_eq!(failure.await?, "raft stopped");
+        Ok(())
     }
 }

@@ -237,7 +237,8 @@ fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
     dir.join(format!("{first_index:020}{SEGMENT_SUFFIX}"))
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// Makes a directory's entries (files created, renamed or removed in it) durable.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -1223,25 +1224,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_sync_on_the_sync_thread_is_reported_as_the_nodes_failure() {
+    async fn a_failed_sync_on_the_sync_thread_is_reported_as_the_nodes_failure(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let (_dir, store) = open_store();
         let mut failure = store.failure();
         assert!(failure.borrow().is_none());
         // fsync on a pipe fails (EINVAL), as a sync on a failing disk would.
-        let (reader, _writer) = std::io::pipe().unwrap();
+        let (reader, _writer) = std::io::pipe()?;
         let pipe = File::from(std::os::fd::OwnedFd::from(reader));
         lock(&store.log).unsynced.push(Arc::new(pipe));
-        store.durability.flush.send(()).unwrap();
+        store.durability.flush.send(())?;
         let reason = tokio::time::timeout(
             std::time::Duration::from_secs(30),
             failure.wait_for(|f| f.is_some()),
         )
-        .await
-        .expect("the sync thread's failure was not reported")
-        .unwrap()
-        .clone()
-        .unwrap();
-        assert!(reason.contains("raft log fdatasync failed"), "{reason}");
+        .await??
+        .clone();
+        assert!(
+            reason.is_some_and(|r| r.contains("raft log fdatasync failed")),
+            "the sync thread's failure was not reported"
+        );
         assert!(store.durability.flusher_failed.load(Ordering::Acquire));
+        Ok(())
     }
 }

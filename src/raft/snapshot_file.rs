@@ -61,7 +61,7 @@ impl SnapshotFiles {
         out.sync_all()?;
         drop(out);
         std::fs::rename(&temporary, self.dir.join(&file))?;
-        File::open(&self.dir)?.sync_all()?;
+        super::log_store::sync_dir(&self.dir)?;
         Ok(SnapshotRecord {
             meta: meta.clone(),
             file,
@@ -146,39 +146,42 @@ mod tests {
         }
     }
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     #[test]
-    fn written_data_reads_back_and_only_the_kept_file_stays() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = SnapshotFiles::open(&dir.path().join("snapshots")).unwrap();
-        let old = files.write(&meta("T1-N1-5-0"), b"old state").unwrap();
-        let new = files.write(&meta("T1-N1-9-1"), b"new state").unwrap();
+    fn written_data_reads_back_and_only_the_kept_file_stays() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let files = SnapshotFiles::open(&dir.path().join("snapshots"))?;
+        let old = files.write(&meta("T1-N1-5-0"), b"old state")?;
+        let new = files.write(&meta("T1-N1-9-1"), b"new state")?;
         assert_ne!(old.file, new.file);
         files.remove_all_but(Some(&new.file));
-        assert_eq!(files.read(&new).unwrap(), b"new state");
+        assert_eq!(files.read(&new)?, b"new state");
         assert!(files.read(&old).is_err(), "the old file was kept");
-        let left: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let left = std::fs::read_dir(dir.path().join("snapshots"))?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<Vec<_>>>()?;
         assert_eq!(left, vec![new.file]);
+        Ok(())
     }
 
     #[test]
-    fn a_changed_byte_or_length_is_reported_as_corrupt() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = SnapshotFiles::open(dir.path()).unwrap();
-        let record = files.write(&meta("a/b c"), b"some state").unwrap();
+    fn a_changed_byte_or_length_is_reported_as_corrupt() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let files = SnapshotFiles::open(dir.path())?;
+        let record = files.write(&meta("a/b c"), b"some state")?;
         assert_eq!(record.file, "snapshot-a_b_c.bin");
         let path = dir.path().join(&record.file);
-        std::fs::write(&path, b"some stata").unwrap();
+        std::fs::write(&path, b"some stata")?;
         let error = files.read(&record).unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
         assert!(error.to_string().contains("checksum"), "{error}");
-        std::fs::write(&path, b"some").unwrap();
+        std::fs::write(&path, b"some")?;
         let error = files.read(&record).unwrap_err();
         assert!(
             error.to_string().contains("4 bytes, expected 10"),
             "{error}"
         );
+        Ok(())
     }
 }

@@ -688,6 +688,8 @@ mod tests {
         assert_eq!(current.meta.snapshot_id, meta.snapshot_id);
     }
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     fn snapshot_meta(index: u64, id: &str) -> SnapshotMeta<NodeId, NodeAddr> {
         SnapshotMeta {
             last_log_id: Some(blank_entry(index).log_id),
@@ -696,84 +698,87 @@ mod tests {
         }
     }
 
-    fn data_at(revision: u64) -> Vec<u8> {
-        let state = RegistryState {
+    fn data_at(revision: u64) -> Result<Vec<u8>, bincode::error::EncodeError> {
+        codec::encode(&RegistryState {
             revision,
             ..RegistryState::default()
-        };
-        codec::encode(&state).unwrap()
+        })
     }
 
-    async fn current_id(store: &StateMachineStore) -> Option<String> {
+    async fn current_id(store: &StateMachineStore) -> Result<Option<String>, StorageError> {
         let mut reader = store.clone();
-        let current = reader.get_current_snapshot().await.unwrap();
-        current.map(|s| s.meta.snapshot_id)
+        Ok(reader
+            .get_current_snapshot()
+            .await?
+            .map(|s| s.meta.snapshot_id))
+    }
+
+    fn file_names(dir: &Path) -> std::io::Result<Vec<String>> {
+        std::fs::read_dir(dir)?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect()
     }
 
     #[tokio::test]
-    async fn a_stored_snapshot_is_loaded_again_after_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
+    async fn a_stored_snapshot_is_loaded_again_after_a_restart() -> TestResult {
+        let dir = tempfile::tempdir()?;
         let snapshot_dir = dir.path().join("snapshots");
         {
-            let db = sled::open(dir.path().join("db")).unwrap();
-            let store = StateMachineStore::open(&db, &snapshot_dir).unwrap();
+            let db = sled::open(dir.path().join("db"))?;
+            let store = StateMachineStore::open(&db, &snapshot_dir)?;
             store
-                .save_snapshot(snapshot_meta(7, "one"), data_at(7))
-                .await
-                .unwrap();
+                .save_snapshot(snapshot_meta(7, "one"), data_at(7)?)
+                .await?;
         }
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let store = StateMachineStore::open(&db, &snapshot_dir).unwrap();
+        let db = sled::open(dir.path().join("db"))?;
+        let store = StateMachineStore::open(&db, &snapshot_dir)?;
         assert_eq!(store.snapshot_index(), Some(7));
         assert_eq!(store.applied.read(|_, revision| revision), 7);
-        assert_eq!(current_id(&store).await.as_deref(), Some("one"));
-        let files: Vec<_> = std::fs::read_dir(&snapshot_dir).unwrap().collect();
-        assert_eq!(files.len(), 1, "one snapshot file");
+        assert_eq!(current_id(&store).await?.as_deref(), Some("one"));
+        assert_eq!(file_names(&snapshot_dir)?.len(), 1, "one snapshot file");
+        Ok(())
     }
 
     #[tokio::test]
-    async fn an_older_snapshot_never_replaces_a_newer_one() {
+    async fn an_older_snapshot_never_replaces_a_newer_one() -> TestResult {
         let (dir, store) = open_store();
         store
-            .save_snapshot(snapshot_meta(9, "newer"), data_at(9))
-            .await
-            .unwrap();
+            .save_snapshot(snapshot_meta(9, "newer"), data_at(9)?)
+            .await?;
         // Built from the state before the newer one was installed, saved after it.
         store
-            .save_snapshot(snapshot_meta(5, "older"), data_at(5))
-            .await
-            .unwrap();
+            .save_snapshot(snapshot_meta(5, "older"), data_at(5)?)
+            .await?;
         assert_eq!(store.snapshot_index(), Some(9));
-        assert_eq!(current_id(&store).await.as_deref(), Some("newer"));
+        assert_eq!(current_id(&store).await?.as_deref(), Some("newer"));
         assert_eq!(
             store.snapshot_bytes().load(Ordering::Relaxed),
-            data_at(9).len() as u64
+            data_at(9)?.len() as u64
         );
-        let files: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(files, vec!["snapshot-newer.bin".to_string()]);
+        assert_eq!(
+            file_names(&dir.path().join("snapshots"))?,
+            vec!["snapshot-newer.bin".to_string()]
+        );
+        Ok(())
     }
 
     #[tokio::test]
-    async fn a_snapshot_an_older_version_kept_in_sled_is_loaded_then_replaced_by_a_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let legacy = codec::encode(&(snapshot_meta(4, "legacy"), data_at(4).as_slice())).unwrap();
-        db.open_tree("snapshot")
-            .unwrap()
-            .insert(KEY_LEGACY_SNAPSHOT, legacy)
-            .unwrap();
-        let store = StateMachineStore::open(&db, &dir.path().join("snapshots")).unwrap();
+    async fn a_snapshot_an_older_version_kept_in_sled_is_loaded_then_replaced_by_a_file(
+    ) -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let db = sled::open(dir.path().join("db"))?;
+        let legacy = codec::encode(&(snapshot_meta(4, "legacy"), data_at(4)?.as_slice()))?;
+        db.open_tree("snapshot")?
+            .insert(KEY_LEGACY_SNAPSHOT, legacy)?;
+        let store = StateMachineStore::open(&db, &dir.path().join("snapshots"))?;
         assert_eq!(store.applied.read(|_, revision| revision), 4);
         assert_eq!(store.snapshot_index(), Some(4));
-        assert_eq!(current_id(&store).await.as_deref(), Some("legacy"));
+        assert_eq!(current_id(&store).await?.as_deref(), Some("legacy"));
         store
-            .save_snapshot(snapshot_meta(8, "file"), data_at(8))
-            .await
-            .unwrap();
-        assert!(store.snapshots.get(KEY_LEGACY_SNAPSHOT).unwrap().is_none());
-        assert_eq!(current_id(&store).await.as_deref(), Some("file"));
+            .save_snapshot(snapshot_meta(8, "file"), data_at(8)?)
+            .await?;
+        assert!(store.snapshots.get(KEY_LEGACY_SNAPSHOT)?.is_none());
+        assert_eq!(current_id(&store).await?.as_deref(), Some("file"));
+        Ok(())
     }
 }
