@@ -532,11 +532,20 @@ pub async fn run_node(
     metrics_task.abort();
     compaction_task.abort();
     drop(raft_runtime);
-    db.flush_async().await.context("flush sled on shutdown")?;
-    tracing::info!("stopped");
-    match failed {
-        None => Ok(()),
-        Some(reason) => Err(anyhow::anyhow!(reason)),
+    let flushed = db.flush_async().await.context("flush sled on shutdown");
+    match (failed, flushed) {
+        (None, Ok(_)) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        (None, Err(e)) => Err(e),
+        (Some(reason), Ok(_)) => Err(anyhow::anyhow!(reason)),
+        // On a full or failing disk the flush fails too; the exit names the first failure,
+        // the one an operator must fix.
+        (Some(reason), Err(e)) => {
+            tracing::error!(error = format!("{e:#}"), "stopping");
+            Err(anyhow::anyhow!(reason))
+        }
     }
 }
 

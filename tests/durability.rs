@@ -6,7 +6,6 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bowline::client::{Client, ClientOptions};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -33,21 +32,8 @@ async fn a_node_restarted_after_snapshots_rebuilds_every_acknowledged_write() {
 async fn kill_every_node_during_writes(tuning: Tuning, expect_snapshots: bool) {
     let mut cluster = Cluster::start_with(3, tuning).await;
     cluster.wait_for_leader().await;
-    let endpoints: Vec<String> = cluster
-        .nodes
-        .iter()
-        .map(|n| n.client_addr.clone())
-        .collect();
     // Short timeouts so writers notice the crash quickly and stop.
-    let client = Client::new(
-        &endpoints,
-        ClientOptions {
-            total_timeout: Duration::from_secs(2),
-            attempt_timeout: Duration::from_secs(1),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
+    let client = cluster.client_with_timeouts(Duration::from_secs(2), Duration::from_secs(1));
 
     // Phase 1: four writers record every acknowledged write (bounded: at most 2,000 each).
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));

@@ -73,6 +73,22 @@ impl Cluster {
 
     /// Starts `n` nodes with the given tuning, and waits for a leader.
     pub async fn start_with(n: u64, tuning: Tuning) -> Cluster {
+        let mut cluster = Self::prepare(n, tuning);
+        cluster.start_prepared().await;
+        cluster
+    }
+
+    /// Starts every node of a [`prepare`](Self::prepare)d cluster and waits for a leader.
+    pub async fn start_prepared(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.spawn(i);
+        }
+        self.wait_for_leader().await;
+    }
+
+    /// A cluster of `n` nodes that bootstrap a new cluster, none started yet: a test can set
+    /// up their data directories first.
+    pub fn prepare(n: u64, tuning: Tuning) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut nodes = Vec::new();
         for id in 1..=n {
@@ -83,17 +99,12 @@ impl Cluster {
             .map(|n| format!("{}={}", n.id, n.peer_addr))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Cluster {
+        Cluster {
             nodes,
             dir,
             initial_cluster,
             tuning,
-        };
-        for i in 0..cluster.nodes.len() {
-            cluster.spawn(i);
         }
-        cluster.wait_for_leader().await;
-        cluster
     }
 
     fn node(dir: &tempfile::TempDir, id: u64, state: &'static str) -> NodeProc {
@@ -188,6 +199,18 @@ impl Cluster {
     pub fn client(&self) -> Client {
         let endpoints: Vec<String> = self.nodes.iter().map(|n| n.client_addr.clone()).collect();
         Client::new(&endpoints, ClientOptions::default()).expect("client")
+    }
+
+    /// A client over every node's client address with the given timeouts: short ones let
+    /// writers notice a crash quickly.
+    pub fn client_with_timeouts(&self, total: Duration, attempt: Duration) -> Client {
+        let endpoints: Vec<String> = self.nodes.iter().map(|n| n.client_addr.clone()).collect();
+        let options = ClientOptions {
+            total_timeout: total,
+            attempt_timeout: attempt,
+            ..ClientOptions::default()
+        };
+        Client::new(&endpoints, options).expect("client")
     }
 
     /// A client that talks only to node `i`.
