@@ -62,9 +62,9 @@ fn fill(dir: &Path) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// A service carrying as much metadata as one object may (15 values of 1,000 bytes), so the
-/// log grows by ~15 KiB per write and reaches the end of the leader's preallocated segments
-/// after a couple of thousand writes.
+/// A service carrying as much metadata as one object may (15 values of 1,000 bytes), so each
+/// write grows the leader's files by ~15 KiB and one of them soon needs space that is not
+/// there (in practice sled's, after a few hundred writes; log segments are preallocated).
 fn heavy_service(name: &str) -> pb::Service {
     let mut service = service(name);
     service.metadata = (0..15)
