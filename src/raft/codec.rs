@@ -17,6 +17,15 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::Encode
     bincode::serde::encode_to_vec(value, config())
 }
 
+/// Encodes a value into `out` as it goes (a snapshot into its file), without a buffer of
+/// the whole encoding; returns the bytes written.
+pub fn encode_into<T: Serialize>(
+    value: &T,
+    mut out: &mut dyn std::io::Write,
+) -> Result<usize, bincode::error::EncodeError> {
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+}
+
 /// Decodes a value, rejecting trailing bytes (a sign of a different type or corruption).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
     let (value, read) = bincode::serde::decode_from_slice(bytes, config())?;

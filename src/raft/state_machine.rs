@@ -9,7 +9,8 @@
 //! a quarter of each node's CPU (sled batches and its IO threads), for a copy that the log
 //! already makes recoverable.
 
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard, TryLockError};
@@ -19,7 +20,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Snaps
 use tokio::sync::watch;
 
 use super::codec;
-use super::snapshot_file::{SnapshotFiles, SnapshotRecord};
+use super::snapshot_file::{PreparedSnapshot, SnapshotFiles, SnapshotRecord};
 use super::{Entry, LogId, NodeAddr, NodeId, StorageError, StoredMembership, TypeConfig};
 use crate::command::EntryResults;
 use crate::store::{apply_command, RegistryState};
@@ -152,7 +153,7 @@ impl StateMachineStore {
         let mut snapshot_bytes = 0;
         let current = current_snapshot(&snapshots, &snapshot_files)?;
         // A crash between a file's rename and its record leaves a file nobody names.
-        snapshot_files.remove_all_but(current.as_ref().and_then(|c| c.file.as_deref()));
+        snapshot_files.remove_all_but(current.as_ref().and_then(|c| c.file.as_deref()), true);
         if let Some(CurrentSnapshot { meta, data, .. }) = current {
             let decode_err = |e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
             snapshot_bytes = data.len() as u64;
@@ -215,40 +216,47 @@ impl StateMachineStore {
     }
 
     /// Stores `data` as the current snapshot, on disk before this returns, unless a newer
-    /// snapshot is already stored. Runs off the async threads (see `build_snapshot`).
+    /// snapshot is already stored; returns whether it stored it. Runs off the async threads
+    /// (see `build_snapshot`).
     async fn save_snapshot(
         &self,
         meta: SnapshotMeta<NodeId, NodeAddr>,
         data: Vec<u8>,
-    ) -> Result<(SnapshotMeta<NodeId, NodeAddr>, Vec<u8>), StorageError> {
+    ) -> Result<bool, StorageError> {
         let (db, snapshots, files, lock) = (
             self.db.clone(),
             self.snapshots.clone(),
             self.snapshot_files.clone(),
             self.save_lock.clone(),
         );
+        let len = data.len() as u64;
         let started = std::time::Instant::now();
-        let (meta, data, stored) = run_blocking(move || {
+        let stored = run_blocking(move || {
+            let write = snapshot_error(Some(&meta), ErrorVerb::Write);
+            let prepared = files
+                .prepare(&meta, |out| out.write_all(&data))
+                .map_err(|e| write(e.to_string()))?;
             let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
-            let stored = store_snapshot(&db, &snapshots, &files, &meta, &data)?;
-            Ok((meta, data, stored))
+            let (_, stored) = store_snapshot(&db, &snapshots, &files, prepared)?;
+            Ok(stored)
         })
         .await?;
-        if stored {
-            self.snapshot_bytes
-                .store(data.len() as u64, Ordering::Relaxed);
-        } else {
-            tracing::info!(
-                index = ?meta.last_log_id.map(|l| l.index),
-                "a newer snapshot is stored already; kept it"
-            );
-        }
+        self.snapshot_stored(stored, len);
         tracing::debug!(
             stored,
             ms = started.elapsed().as_millis() as u64,
             "saved snapshot"
         );
-        Ok((meta, data))
+        Ok(stored)
+    }
+
+    /// Keeps the size of a snapshot that was stored, for the size-based trigger.
+    fn snapshot_stored(&self, stored: bool, len: u64) {
+        if stored {
+            self.snapshot_bytes.store(len, Ordering::Relaxed);
+        } else {
+            tracing::info!("a newer snapshot is stored already; kept it");
+        }
     }
 }
 
@@ -329,6 +337,35 @@ fn current_snapshot(
     })
 }
 
+/// A snapshot's metadata and its data, opened for reading.
+type OpenSnapshot = (SnapshotMeta<NodeId, NodeAddr>, File);
+
+/// The current snapshot's metadata and its data opened for reading (checked against its
+/// record); a snapshot an older version kept in sled is copied into a scratch file.
+fn current_snapshot_file(
+    snapshots: &sled::Tree,
+    files: &SnapshotFiles,
+) -> Result<Option<OpenSnapshot>, StorageError> {
+    if let Some(record) = current_record(snapshots)? {
+        let file = files
+            .open_checked(&record)
+            .map_err(|e| snapshot_error(Some(&record.meta), ErrorVerb::Read)(e.to_string()))?;
+        return Ok(Some((record.meta, file)));
+    }
+    let Some((meta, data)) = legacy_snapshot(snapshots, |meta, data| (meta, data.to_vec()))? else {
+        return Ok(None);
+    };
+    let copied = files.scratch().and_then(|mut file| {
+        file.write_all(&data)?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(file)
+    });
+    match copied {
+        Ok(file) => Ok(Some((meta, file))),
+        Err(e) => Err(snapshot_error(Some(&meta), ErrorVerb::Read)(e.to_string())),
+    }
+}
+
 /// Runs `f` on tokio's blocking pool. Encoding or storing a state of a few hundred thousand
 /// services takes a second or more; on the Raft runtime's one thread that held up
 /// heartbeats and appends for as long, and a follower whose own thread it was campaigned
@@ -341,22 +378,24 @@ async fn run_blocking<T: Send + 'static>(
         .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?
 }
 
-/// Makes `data` the current snapshot and syncs it, unless the stored one is newer; returns
-/// whether it did. The log below a snapshot is purged once this returns, so the file and the
+/// Makes the prepared snapshot the current one unless the stored one is newer; returns its
+/// data opened for reading and whether it was stored (if not, its file is gone once the data
+/// is closed). The log below a snapshot is purged once this returns, so the file and the
 /// record naming it are both on disk first; the file the record named before is removed
-/// only after that.
+/// only after that. Called under the save lock.
 fn store_snapshot(
     db: &sled::Db,
     snapshots: &sled::Tree,
     files: &SnapshotFiles,
-    meta: &SnapshotMeta<NodeId, NodeAddr>,
-    data: &[u8],
-) -> Result<bool, StorageError> {
+    prepared: PreparedSnapshot,
+) -> Result<(File, bool), StorageError> {
+    let meta = prepared.record().meta.clone();
+    let write = snapshot_error(Some(&meta), ErrorVerb::Write);
     if current_meta(snapshots)?.is_some_and(|current| current.last_log_id > meta.last_log_id) {
-        return Ok(false);
+        let data = prepared.discard().map_err(|e| write(e.to_string()))?;
+        return Ok((data, false));
     }
-    let write = snapshot_error(Some(meta), ErrorVerb::Write);
-    let record = files.write(meta, data).map_err(|e| write(e.to_string()))?;
+    let record = prepared.commit().map_err(|e| write(e.to_string()))?;
     let mut batch = sled::Batch::default();
     batch.insert(
         KEY_SNAPSHOT_RECORD,
@@ -367,8 +406,12 @@ fn store_snapshot(
         .apply_batch(batch)
         .map_err(|e| write(e.to_string()))?;
     db.flush().map_err(|e| write(e.to_string()))?;
-    files.remove_all_but(Some(&record.file));
-    Ok(true)
+    // A snapshot being built meanwhile keeps its temporary file.
+    files.remove_all_but(Some(&record.file), false);
+    let data = files
+        .open_written(&record)
+        .map_err(|e| write(e.to_string()))?;
+    Ok((data, true))
 }
 
 /// Takes the state's write lock without stalling the Raft runtime: if a reader holds it
@@ -394,9 +437,15 @@ fn write_applied(lock: &RwLock<AppliedData>) -> RwLockWriteGuard<'_, AppliedData
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let applied = self.applied.inner.clone();
+        let (db, snapshots, files, lock) = (
+            self.db.clone(),
+            self.snapshots.clone(),
+            self.snapshot_files.clone(),
+            self.save_lock.clone(),
+        );
         let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let (meta, data) = run_blocking(move || {
+        let (meta, data, len, stored, encoded) = run_blocking(move || {
             // Encoded from a clone taken under the read lock and encoded after it is released:
             // the state's maps share their nodes with the clone (only what writes touch later
             // gets copied), so applies wait for a few pointer copies, not for the encoding.
@@ -410,11 +459,6 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                     guard.membership.clone(),
                 )
             };
-            let data = codec::encode(&state)
-                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-            // The clone's last references to nodes the state no longer shares go here, off
-            // the Raft runtime.
-            drop(state);
             let snapshot_id = match last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
                 None => format!("none-{seq}"),
@@ -424,21 +468,35 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 last_membership,
                 snapshot_id,
             };
-            Ok((meta, data))
+            // Straight into the file (see `snapshot_file.rs`).
+            let prepared = files
+                .prepare(&meta, |out| {
+                    codec::encode_into(&state, out)
+                        .map(|_| ())
+                        .map_err(std::io::Error::other)
+                })
+                .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Write)(e.to_string()))?;
+            // The clone's last references to nodes the state no longer shares go here, off
+            // the Raft runtime.
+            drop(state);
+            let encoded = started.elapsed();
+            let len = prepared.record().len;
+            let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let (data, stored) = store_snapshot(&db, &snapshots, &files, prepared)?;
+            Ok((meta, data, len, stored, encoded))
         })
         .await?;
-        let encoded = started.elapsed();
-        let (meta, data) = self.save_snapshot(meta, data).await?;
+        self.snapshot_stored(stored, len);
         tracing::info!(
             index = ?meta.last_log_id.map(|l| l.index),
-            bytes = data.len(),
+            bytes = len,
             encode_ms = encoded.as_millis() as u64,
             store_ms = (started.elapsed() - encoded).as_millis() as u64,
             "built snapshot"
         );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(tokio::fs::File::from_std(data)),
         })
     }
 }
@@ -529,18 +587,35 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let files = self.snapshot_files.clone();
+        let file = run_blocking(move || {
+            files
+                .scratch()
+                .map_err(|e| snapshot_error(None, ErrorVerb::Write)(e.to_string()))
+        })
+        .await?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeAddr>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        let data = snapshot.into_inner();
+        let mut received = *snapshot;
+        // Writes to a tokio file may still be in flight on the blocking pool.
+        tokio::io::AsyncWriteExt::flush(&mut received)
+            .await
+            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
+        let mut received = received.into_std().await;
         let (state, data) = run_blocking(move || {
+            let mut data = Vec::new();
+            received
+                .seek(SeekFrom::Start(0))
+                .and_then(|_| received.read_to_end(&mut data))
+                .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
             let state: RegistryState =
                 codec::decode(&data).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
             Ok((state, data))
@@ -575,14 +650,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         );
         // A large file takes a while to read: not on the Raft runtime's thread.
         let current = run_blocking(move || {
-            // Not while a save replaces the file it would read.
+            // Not while a save replaces the file it would open.
             let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
-            current_snapshot(&snapshots, &files)
+            current_snapshot_file(&snapshots, &files)
         })
         .await?;
-        Ok(current.map(|c| Snapshot {
-            meta: c.meta,
-            snapshot: Box::new(Cursor::new(c.data)),
+        Ok(current.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(data)),
         }))
     }
 }
@@ -717,6 +792,51 @@ mod tests {
         std::fs::read_dir(dir)?
             .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_built_snapshot_is_stored_in_one_file_and_handed_back_whole() -> TestResult {
+        let (dir, mut store) = open_store();
+        store.applied.inner.write().unwrap().state.revision = 42;
+        let mut built = store.build_snapshot().await?;
+        let mut data = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut *built.snapshot, &mut data).await?;
+        let state: RegistryState = codec::decode(&data)?;
+        assert_eq!(state.revision, 42, "the handed-back data is the state");
+        assert_eq!(
+            store.snapshot_bytes().load(Ordering::Relaxed),
+            data.len() as u64
+        );
+        let names = file_names(&dir.path().join("snapshots"))?;
+        assert_eq!(names.len(), 1, "one file and no temporary one: {names:?}");
+        let mut current = store
+            .get_current_snapshot()
+            .await?
+            .ok_or("no current snapshot")?;
+        let mut again = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut *current.snapshot, &mut again).await?;
+        assert_eq!(
+            again, data,
+            "the current snapshot reads back the same bytes"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_received_snapshot_is_installed_and_leaves_no_scratch_file() -> TestResult {
+        let (dir, mut store) = open_store();
+        let mut receiving = store.begin_receiving_snapshot().await?;
+        tokio::io::AsyncWriteExt::write_all(&mut *receiving, &data_at(11)?).await?;
+        store
+            .install_snapshot(&snapshot_meta(11, "received"), receiving)
+            .await?;
+        assert_eq!(store.applied.read(|_, revision| revision), 11);
+        assert_eq!(store.snapshot_index(), Some(11));
+        assert_eq!(
+            file_names(&dir.path().join("snapshots"))?,
+            vec!["snapshot-received.bin".to_string()]
+        );
+        Ok(())
     }
 
     #[tokio::test]
