@@ -71,15 +71,26 @@ impl SnapshotFiles {
     ) -> std::io::Result<PreparedSnapshot> {
         let file = file_name(meta);
         let temporary = self.dir.join(format!("{file}{TEMPORARY}"));
-        let mut out = ChecksumWriter {
-            inner: BufWriter::with_capacity(BUFFER_BYTES, File::create(&temporary)?),
-            crc32: crc32fast::Hasher::new(),
-            len: 0,
+        let written = File::create(&temporary).and_then(|created| {
+            let mut out = ChecksumWriter {
+                inner: BufWriter::with_capacity(BUFFER_BYTES, created),
+                crc32: crc32fast::Hasher::new(),
+                len: 0,
+            };
+            encode(&mut out)?;
+            let ChecksumWriter { inner, crc32, len } = out;
+            inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            Ok((crc32, len))
+        });
+        let (crc32, len) = match written {
+            Ok(written) => written,
+            Err(e) => {
+                // Saves leave temporary files alone (one may be in the making): a failed one
+                // would stay until the next start.
+                let _ = std::fs::remove_file(&temporary);
+                return Err(e);
+            }
         };
-        encode(&mut out)?;
-        let ChecksumWriter { inner, crc32, len } = out;
-        let out = inner.into_inner().map_err(|e| e.into_error())?;
-        out.sync_all()?;
         Ok(PreparedSnapshot {
             dir: self.dir.clone(),
             temporary,
@@ -328,6 +339,19 @@ mod tests {
             0,
             "a file kept a name"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_snapshot_that_fails_while_encoding_leaves_no_file() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let files = SnapshotFiles::open(dir.path())?;
+        let failed = files.prepare(&meta("broken"), |out| {
+            out.write_all(b"half a state")?;
+            Err(std::io::Error::other("no space left"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 0, "a file was left");
         Ok(())
     }
 

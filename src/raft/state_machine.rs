@@ -797,7 +797,13 @@ mod tests {
     #[tokio::test]
     async fn a_built_snapshot_is_stored_in_one_file_and_handed_back_whole() -> TestResult {
         let (dir, mut store) = open_store();
-        store.applied.inner.write().unwrap().state.revision = 42;
+        store
+            .applied
+            .inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .state
+            .revision = 42;
         let mut built = store.build_snapshot().await?;
         let mut data = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut *built.snapshot, &mut data).await?;
