@@ -103,18 +103,15 @@ impl SnapshotFiles {
         })
     }
 
-    /// Opens the data `record` names for reading from its start, after checking its length
-    /// and checksum (read in chunks, so a large file never sits in memory whole).
-    pub fn open_checked(&self, record: &SnapshotRecord) -> std::io::Result<File> {
-        let path = self.dir.join(&record.file);
-        let file = File::open(&path)?;
-        let len = file.metadata()?.len();
-        if len != record.len {
-            return Err(corrupt(
-                &path,
-                format!("{len} bytes, expected {}", record.len),
-            ));
-        }
+    /// Opens the data `record` names, without checking it (see [`Self::verify`]).
+    pub fn open_file(&self, record: &SnapshotRecord) -> std::io::Result<File> {
+        File::open(self.dir.join(&record.file))
+    }
+
+    /// Checks `file`, opened from `record`, against its length and checksum (read in
+    /// chunks, so a large file never sits in memory whole); returns it rewound to its start.
+    pub fn verify(&self, record: &SnapshotRecord, file: File) -> std::io::Result<File> {
+        self.check_len(record, file.metadata()?.len())?;
         let mut reader = BufReader::with_capacity(BUFFER_BYTES, file);
         let mut crc32 = crc32fast::Hasher::new();
         loop {
@@ -126,21 +123,10 @@ impl SnapshotFiles {
             let n = chunk.len();
             reader.consume(n);
         }
-        let crc32 = crc32.finalize();
-        if crc32 != record.crc32 {
-            return Err(corrupt(
-                &path,
-                format!("checksum {crc32:08x}, expected {:08x}", record.crc32),
-            ));
-        }
+        self.check_crc32(record, crc32.finalize())?;
         let mut file = reader.into_inner();
         file.seek(SeekFrom::Start(0))?;
         Ok(file)
-    }
-
-    /// Opens the data `record` names, just written and synced, without checking it again.
-    pub fn open_written(&self, record: &SnapshotRecord) -> std::io::Result<File> {
-        File::open(self.dir.join(&record.file))
     }
 
     /// A new empty file in the snapshot directory that no name refers to: it disappears
@@ -150,23 +136,13 @@ impl SnapshotFiles {
         static SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self.dir.join(format!("{PREFIX}scratch-{n}{TEMPORARY}"));
-        // `create_new`: never two users of one file, even one a crash left behind.
+        // The counter makes names unique in this process, which alone uses the directory
+        // (sled's lock); files a crash left were removed at start.
         let file = File::options()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(&path)
-            .or_else(|e| {
-                if e.kind() != std::io::ErrorKind::AlreadyExists {
-                    return Err(e);
-                }
-                std::fs::remove_file(&path)?;
-                File::options()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-            })?;
+            .open(&path)?;
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(file),
@@ -175,25 +151,40 @@ impl SnapshotFiles {
 
     /// Reads the data `record` names, checking its length and checksum.
     pub fn read(&self, record: &SnapshotRecord) -> std::io::Result<Vec<u8>> {
-        let path = self.dir.join(&record.file);
-        let mut file = File::open(&path)?;
+        let mut file = self.open_file(record)?;
         let len = file.metadata()?.len();
-        if len != record.len {
-            return Err(corrupt(
-                &path,
-                format!("{len} bytes, expected {}", record.len),
-            ));
-        }
+        self.check_len(record, len)?;
         let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         file.read_to_end(&mut data)?;
-        let crc32 = crc32fast::hash(&data);
-        if crc32 != record.crc32 {
-            return Err(corrupt(
-                &path,
-                format!("checksum {crc32:08x}, expected {:08x}", record.crc32),
-            ));
-        }
+        self.check_crc32(record, crc32fast::hash(&data))?;
         Ok(data)
+    }
+
+    fn check_len(&self, record: &SnapshotRecord, len: u64) -> std::io::Result<()> {
+        if len == record.len {
+            return Ok(());
+        }
+        Err(self.corrupt(record, format!("{len} bytes, expected {}", record.len)))
+    }
+
+    fn check_crc32(&self, record: &SnapshotRecord, crc32: u32) -> std::io::Result<()> {
+        if crc32 == record.crc32 {
+            return Ok(());
+        }
+        Err(self.corrupt(
+            record,
+            format!("checksum {crc32:08x}, expected {:08x}", record.crc32),
+        ))
+    }
+
+    fn corrupt(&self, record: &SnapshotRecord, what: String) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "snapshot file {} is corrupt: {what}",
+                self.dir.join(&record.file).display()
+            ),
+        )
     }
 
     /// Removes every snapshot file but `keep`, and temporary ones when `temporary_too` (at
@@ -283,13 +274,6 @@ fn file_name(meta: &SnapshotMeta) -> String {
         })
         .collect();
     format!("{PREFIX}{id}{SUFFIX}")
-}
-
-fn corrupt(path: &Path, what: String) -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        format!("snapshot file {} is corrupt: {what}", path.display()),
-    )
 }
 
 #[cfg(test)]

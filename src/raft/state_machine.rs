@@ -151,9 +151,20 @@ impl StateMachineStore {
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         let mut applied = AppliedData::default();
         let mut snapshot_bytes = 0;
-        let current = current_snapshot(&snapshots, &snapshot_files)?;
+        let current = current_snapshot(
+            &snapshots,
+            &snapshot_files,
+            SnapshotFiles::read,
+            |_, bytes| Ok(bytes.to_vec()),
+        )?;
         // A crash between a file's rename and its record leaves a file nobody names.
-        snapshot_files.remove_all_but(current.as_ref().and_then(|c| c.file.as_deref()), true);
+        snapshot_files.remove_all_but(
+            current
+                .as_ref()
+                .and_then(|c| c.record.as_ref())
+                .map(|r| r.file.as_str()),
+            true,
+        );
         if let Some(CurrentSnapshot { meta, data, .. }) = current {
             let decode_err = |e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
             snapshot_bytes = data.len() as u64;
@@ -307,63 +318,51 @@ fn current_record(snapshots: &sled::Tree) -> Result<Option<SnapshotRecord>, Stor
         .transpose()
 }
 
-/// The current snapshot as read from disk.
-struct CurrentSnapshot {
+/// The current snapshot as found on disk.
+struct CurrentSnapshot<T> {
     meta: SnapshotMeta<NodeId, NodeAddr>,
-    data: Vec<u8>,
-    /// The file that holds the data; none for a snapshot an older version stored in sled.
-    file: Option<String>,
+    /// Its data, as the caller takes it (the bytes, or an open file).
+    data: T,
+    /// The record naming its file; none for a snapshot an older version stored in sled.
+    record: Option<SnapshotRecord>,
 }
 
-/// The current snapshot, from its file or (from an older version) from sled.
-fn current_snapshot(
+/// The current snapshot, its data taken by `from_file` from its file, or by `from_legacy`
+/// from the bytes an older version stored in sled.
+fn current_snapshot<T>(
     snapshots: &sled::Tree,
     files: &SnapshotFiles,
-) -> Result<Option<CurrentSnapshot>, StorageError> {
+    from_file: impl FnOnce(&SnapshotFiles, &SnapshotRecord) -> std::io::Result<T>,
+    from_legacy: impl FnOnce(&SnapshotFiles, &[u8]) -> std::io::Result<T>,
+) -> Result<Option<CurrentSnapshot<T>>, StorageError> {
     if let Some(record) = current_record(snapshots)? {
-        let data = files
-            .read(&record)
+        let data = from_file(files, &record)
             .map_err(|e| snapshot_error(Some(&record.meta), ErrorVerb::Read)(e.to_string()))?;
         return Ok(Some(CurrentSnapshot {
-            meta: record.meta,
+            meta: record.meta.clone(),
             data,
-            file: Some(record.file),
+            record: Some(record),
         }));
     }
-    legacy_snapshot(snapshots, |meta, data| CurrentSnapshot {
-        meta,
-        data: data.to_vec(),
-        file: None,
-    })
-}
-
-/// A snapshot's metadata and its data, opened for reading.
-type OpenSnapshot = (SnapshotMeta<NodeId, NodeAddr>, File);
-
-/// The current snapshot's metadata and its data opened for reading (checked against its
-/// record); a snapshot an older version kept in sled is copied into a scratch file.
-fn current_snapshot_file(
-    snapshots: &sled::Tree,
-    files: &SnapshotFiles,
-) -> Result<Option<OpenSnapshot>, StorageError> {
-    if let Some(record) = current_record(snapshots)? {
-        let file = files
-            .open_checked(&record)
-            .map_err(|e| snapshot_error(Some(&record.meta), ErrorVerb::Read)(e.to_string()))?;
-        return Ok(Some((record.meta, file)));
-    }
-    let Some((meta, data)) = legacy_snapshot(snapshots, |meta, data| (meta, data.to_vec()))? else {
+    let Some((meta, data)) =
+        legacy_snapshot(snapshots, |meta, bytes| (meta, from_legacy(files, bytes)))?
+    else {
         return Ok(None);
     };
-    let copied = files.scratch().and_then(|mut file| {
-        file.write_all(&data)?;
-        file.seek(SeekFrom::Start(0))?;
-        Ok(file)
-    });
-    match copied {
-        Ok(file) => Ok(Some((meta, file))),
-        Err(e) => Err(snapshot_error(Some(&meta), ErrorVerb::Read)(e.to_string())),
-    }
+    let data = data.map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Read)(e.to_string()))?;
+    Ok(Some(CurrentSnapshot {
+        meta,
+        data,
+        record: None,
+    }))
+}
+
+/// A copy of `bytes` in a scratch file, rewound to its start.
+fn scratch_copy(files: &SnapshotFiles, bytes: &[u8]) -> std::io::Result<File> {
+    let mut file = files.scratch()?;
+    file.write_all(bytes)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
 }
 
 /// Runs `f` on tokio's blocking pool. Encoding or storing a state of a few hundred thousand
@@ -408,9 +407,7 @@ fn store_snapshot(
     db.flush().map_err(|e| write(e.to_string()))?;
     // A snapshot being built meanwhile keeps its temporary file.
     files.remove_all_but(Some(&record.file), false);
-    let data = files
-        .open_written(&record)
-        .map_err(|e| write(e.to_string()))?;
+    let data = files.open_file(&record).map_err(|e| write(e.to_string()))?;
     Ok((data, true))
 }
 
@@ -648,11 +645,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.snapshot_files.clone(),
             self.save_lock.clone(),
         );
-        // A large file takes a while to read: not on the Raft runtime's thread.
+        // A large file takes a while to check: not on the Raft runtime's thread.
         let current = run_blocking(move || {
-            // Not while a save replaces the file it would open.
-            let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
-            current_snapshot_file(&snapshots, &files)
+            let opened = {
+                // Not while a save replaces the file it would open.
+                let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+                current_snapshot(&snapshots, &files, SnapshotFiles::open_file, scratch_copy)?
+            };
+            // Checked after the lock is released: the open file outlives a save that
+            // removes its name.
+            let Some(CurrentSnapshot { meta, data, record }) = opened else {
+                return Ok(None);
+            };
+            let data = match &record {
+                Some(record) => files
+                    .verify(record, data)
+                    .map_err(|e| snapshot_error(Some(&meta), ErrorVerb::Read)(e.to_string()))?,
+                None => data,
+            };
+            Ok(Some((meta, data)))
         })
         .await?;
         Ok(current.map(|(meta, data)| Snapshot {
