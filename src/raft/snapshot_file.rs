@@ -72,14 +72,21 @@ impl SnapshotFiles {
         let file = file_name(meta);
         let temporary = self.dir.join(format!("{file}{TEMPORARY}"));
         let written = File::create(&temporary).and_then(|created| {
-            let mut out = ChecksumWriter {
-                inner: BufWriter::with_capacity(BUFFER_BYTES, created),
-                crc32: crc32fast::Hasher::new(),
-                len: 0,
-            };
+            // The checksum sits under the buffer, so it runs over whole buffers: the encoder
+            // writes each field on its own, a few bytes at a time, and checksumming those one
+            // by one made encoding a third slower (66 MB of state: 107 ms against 82 ms).
+            let mut out = BufWriter::with_capacity(
+                BUFFER_BYTES,
+                ChecksumWriter {
+                    inner: created,
+                    crc32: crc32fast::Hasher::new(),
+                    len: 0,
+                },
+            );
             encode(&mut out)?;
-            let ChecksumWriter { inner, crc32, len } = out;
-            inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            let ChecksumWriter { inner, crc32, len } =
+                out.into_inner().map_err(|e| e.into_error())?;
+            inner.sync_all()?;
             Ok((crc32, len))
         });
         let (crc32, len) = match written {
