@@ -57,11 +57,6 @@ impl SnapshotFiles {
         })
     }
 
-    /// Writes `data` durably as the file for `meta` and returns its record (not yet stored).
-    pub fn write(&self, meta: &SnapshotMeta, data: &[u8]) -> std::io::Result<SnapshotRecord> {
-        self.prepare(meta, |out| out.write_all(data))?.commit()
-    }
-
     /// Writes what `encode` writes into a synced temporary file for `meta`; nothing names it
     /// until [`PreparedSnapshot::commit`].
     pub fn prepare(
@@ -286,6 +281,13 @@ fn file_name(meta: &SnapshotMeta) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl SnapshotFiles {
+        /// Writes `data` durably as the file for `meta` and returns its record.
+        fn write(&self, meta: &SnapshotMeta, data: &[u8]) -> std::io::Result<SnapshotRecord> {
+            self.prepare(meta, |out| out.write_all(data))?.commit()
+        }
+    }
 
     fn meta(id: &str) -> SnapshotMeta {
         SnapshotMeta {

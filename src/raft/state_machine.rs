@@ -241,6 +241,7 @@ impl StateMachineStore {
             self.save_lock.clone(),
         );
         let len = data.len() as u64;
+        let index = meta.last_log_id.map(|l| l.index);
         let started = std::time::Instant::now();
         let stored = run_blocking(move || {
             let write = snapshot_error(Some(&meta), ErrorVerb::Write);
@@ -252,7 +253,7 @@ impl StateMachineStore {
             Ok(stored)
         })
         .await?;
-        self.snapshot_stored(stored, len);
+        self.snapshot_stored(index, stored, len);
         tracing::debug!(
             stored,
             ms = started.elapsed().as_millis() as u64,
@@ -262,11 +263,11 @@ impl StateMachineStore {
     }
 
     /// Keeps the size of a snapshot that was stored, for the size-based trigger.
-    fn snapshot_stored(&self, stored: bool, len: u64) {
+    fn snapshot_stored(&self, index: Option<u64>, stored: bool, len: u64) {
         if stored {
             self.snapshot_bytes.store(len, Ordering::Relaxed);
         } else {
-            tracing::info!("a newer snapshot is stored already; kept it");
+            tracing::info!(?index, "a newer snapshot is stored already; kept it");
         }
     }
 }
@@ -483,7 +484,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             Ok((meta, data, len, stored, encoded))
         })
         .await?;
-        self.snapshot_stored(stored, len);
+        self.snapshot_stored(meta.last_log_id.map(|l| l.index), stored, len);
         tracing::info!(
             index = ?meta.last_log_id.map(|l| l.index),
             bytes = len,
