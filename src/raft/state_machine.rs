@@ -557,11 +557,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 apply_command(&mut applied.state, revision, command);
                             if !changes.is_empty() {
                                 // Still under the write lock: see the lock order in `watch::hub`.
-                                let events = crate::watch::events::published_events(
-                                    &applied.state,
-                                    revision,
-                                    &changes,
-                                );
+                                let events =
+                                    crate::watch::events::published_events(revision, changes);
                                 self.applied.hub.publish(revision, events);
                             }
                             results.push((applied.state.revision, result));

@@ -7,19 +7,18 @@ use std::sync::Arc;
 
 use imbl::ordmap::Entry;
 
-use super::{RegistryState, StateKey, Stored, StoredConfig, StoredObject};
+use super::{RegistryState, Stored, StoredConfig, StoredObject};
 use crate::command::{Applied, ApplyError, Command, CommandResult};
 use crate::model::{ConfigKind, ConfigSpec, Health, HealthStatus};
 
-/// One object changed by a command; the storage layer persists its new value (or its
-/// removal).
+/// One object changed by a command, shared with the state (its value is reference-counted),
+/// so publishing the change needs no second search of the state.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Change {
-    /// Which object.
-    pub key: StateKey,
-    /// The object as it was, when the change removed it (its value after a put is in the
-    /// state).
-    pub removed: Option<StoredObject>,
+pub enum Change {
+    /// The object as the command left it.
+    Put(StoredObject),
+    /// The object as it was before the command removed it.
+    Removed(StoredObject),
 }
 
 /// Checks a compare-and-set guard against an object's current `mod_revision`
@@ -80,7 +79,6 @@ fn apply_inner(
             expected_revision,
         } => {
             let key = (service.namespace.clone(), service.name.clone());
-            let change_key = StateKey::Service(key.0.clone(), key.1.clone());
             // One search of the map for both the guard and the write.
             let slot = state.services.entry(key);
             let existing = match &slot {
@@ -108,13 +106,10 @@ fn apply_inner(
             }
             Ok((
                 Applied::Service {
-                    service: stored,
+                    service: stored.clone(),
                     endpoints_removed: 0,
                 },
-                vec![Change {
-                    key: change_key,
-                    removed: None,
-                }],
+                vec![Change::Put(StoredObject::Service(stored))],
             ))
         }
         Command::DeregisterService {
@@ -142,23 +137,16 @@ fn apply_inner(
                     key: display(),
                 });
             };
-            let (namespace, name) = key;
-            let endpoint_keys = state.endpoints_of(&namespace, &name);
+            let endpoint_keys = state.endpoints_of(&key.0, &key.1);
             let mut changes = Vec::with_capacity(endpoint_keys.len() + 1);
             // Endpoints go first, so a watcher never sees an endpoint outlive its service.
             for ek in &endpoint_keys {
                 let Some(endpoint) = state.endpoints.remove(ek) else {
                     continue;
                 };
-                changes.push(Change {
-                    key: StateKey::Endpoint(ek.0.clone(), ek.1.clone(), ek.2.clone()),
-                    removed: Some(StoredObject::Endpoint(endpoint)),
-                });
+                changes.push(Change::Removed(StoredObject::Endpoint(endpoint)));
             }
-            changes.push(Change {
-                key: StateKey::Service(namespace, name),
-                removed: Some(StoredObject::Service(removed.clone())),
-            });
+            changes.push(Change::Removed(StoredObject::Service(removed.clone())));
             Ok((
                 Applied::Service {
                     service: removed,
@@ -217,13 +205,10 @@ fn apply_inner(
                 create_revision: existing.map_or(revision, |e| e.create_revision),
                 mod_revision: revision,
             };
-            state.endpoints.insert(key.clone(), stored.clone());
+            state.endpoints.insert(key, stored.clone());
             Ok((
-                Applied::Endpoint(stored),
-                vec![Change {
-                    key: StateKey::Endpoint(key.0, key.1, key.2),
-                    removed: None,
-                }],
+                Applied::Endpoint(stored.clone()),
+                vec![Change::Put(StoredObject::Endpoint(stored))],
             ))
         }
         Command::RemoveEndpoint {
@@ -254,10 +239,7 @@ fn apply_inner(
             };
             Ok((
                 Applied::Endpoint(removed.clone()),
-                vec![Change {
-                    key: StateKey::Endpoint(key.0, key.1, key.2),
-                    removed: Some(StoredObject::Endpoint(removed)),
-                }],
+                vec![Change::Removed(StoredObject::Endpoint(removed))],
             ))
         }
         Command::PutConfig {
@@ -286,11 +268,8 @@ fn apply_inner(
             };
             state.configs.insert(key, stored.clone());
             Ok((
-                Applied::Config(stored),
-                vec![Change {
-                    key: StateKey::Config(kind, namespace, name),
-                    removed: None,
-                }],
+                Applied::Config(stored.clone()),
+                vec![Change::Put(StoredObject::Config(stored))],
             ))
         }
         Command::DeleteConfig {
@@ -321,10 +300,7 @@ fn apply_inner(
             };
             Ok((
                 Applied::Config(removed.clone()),
-                vec![Change {
-                    key: StateKey::Config(kind, namespace, name),
-                    removed: Some(StoredObject::Config(removed)),
-                }],
+                vec![Change::Removed(StoredObject::Config(removed))],
             ))
         }
         Command::ClaimProber { term } => {
@@ -369,10 +345,7 @@ fn apply_inner(
                 };
                 stored.mod_revision = revision;
                 applied_transitions += 1;
-                changes.push(Change {
-                    key: StateKey::Endpoint(key.0, key.1, key.2),
-                    removed: None,
-                });
+                changes.push(Change::Put(StoredObject::Endpoint(stored.clone())));
             }
             let mut applied_removals = 0;
             for r in removals {
@@ -388,10 +361,7 @@ fn apply_inner(
                     continue;
                 };
                 applied_removals += 1;
-                changes.push(Change {
-                    key: StateKey::Endpoint(key.0, key.1, key.2),
-                    removed: Some(StoredObject::Endpoint(removed)),
-                });
+                changes.push(Change::Removed(StoredObject::Endpoint(removed)));
             }
             Ok((
                 Applied::Health {
@@ -735,7 +705,7 @@ mod tests {
             },
         );
         assert!(matches!(result, Ok(Applied::Health { removals: 1, .. })));
-        assert!(changes[0].removed.is_some());
+        assert!(matches!(changes[0], Change::Removed(_)));
         assert!(state.endpoint("default", "web", "a").is_none());
     }
 

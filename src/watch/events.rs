@@ -5,7 +5,7 @@ use super::hub::PublishedEvent;
 use crate::api::convert::{config_to_proto, endpoint_to_proto, service_to_proto};
 use crate::model::{ConfigKind, ValidationError};
 use crate::proto::v1 as pb;
-use crate::store::{Change, ObjectRef, RegistryState, StateKey};
+use crate::store::{Change, ObjectRef, RegistryState};
 
 /// The proto kind of a watch kind.
 pub fn kind_to_proto(kind: WatchKind) -> pb::ObjectKind {
@@ -57,29 +57,14 @@ pub fn event(object: ObjectRef<'_>, kind: pb::EventType, revision: u64) -> pb::E
     }
 }
 
-fn current<'a>(state: &'a RegistryState, key: &StateKey) -> Option<ObjectRef<'a>> {
-    match key {
-        StateKey::Service(ns, name) => state.service(ns, name).map(ObjectRef::Service),
-        StateKey::Endpoint(ns, svc, id) => state.endpoint(ns, svc, id).map(ObjectRef::Endpoint),
-        StateKey::Config(kind, ns, name) => state.config(*kind, ns, name).map(ObjectRef::Config),
-    }
-}
-
-/// The changes one entry made (state already updated) as published events, which share
-/// the objects with the state.
-pub fn published_events(
-    state: &RegistryState,
-    revision: u64,
-    changes: &[Change],
-) -> Vec<PublishedEvent> {
+/// The changes one command made as published events, which share the objects with the
+/// state.
+pub fn published_events(revision: u64, changes: Vec<Change>) -> Vec<PublishedEvent> {
     changes
-        .iter()
-        .filter_map(|change| {
-            let (object, kind) = match &change.removed {
-                Some(removed) => (removed.clone(), pb::EventType::Delete),
-                None => (current(state, &change.key)?.to_stored(), pb::EventType::Put),
-            };
-            Some(PublishedEvent::new(object, kind, revision))
+        .into_iter()
+        .map(|change| match change {
+            Change::Put(object) => PublishedEvent::new(object, pb::EventType::Put, revision),
+            Change::Removed(object) => PublishedEvent::new(object, pb::EventType::Delete, revision),
         })
         .collect()
 }
