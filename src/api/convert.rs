@@ -2,11 +2,9 @@
 //! errors are translated from resource-file paths (`spec.port`) to request paths
 //! (`endpoint.port`) so a gRPC caller sees the name of the field it sent.
 
-use std::collections::BTreeMap;
-
 use crate::model::{
     ConfigKind, ConfigSpec, Endpoint, Health, HealthStatus, Locality, Protocol, Service,
-    ServicePort, ValidationError, DEFAULT_NAMESPACE,
+    ServicePort, StringMap, ValidationError, DEFAULT_NAMESPACE,
 };
 use crate::proto::v1 as pb;
 use crate::store::{Stored, StoredConfig};
@@ -46,12 +44,12 @@ fn namespace_or_default(ns: &str) -> String {
     }
 }
 
-fn sorted(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+fn sorted(map: std::collections::HashMap<String, String>) -> StringMap {
     map.into_iter().collect()
 }
 
-/// A model map as a message map, copied entry by entry (no intermediate `BTreeMap`).
-fn to_message_map(map: &BTreeMap<String, String>) -> std::collections::HashMap<String, String> {
+/// A model map as a message map, copied entry by entry.
+fn to_message_map(map: &StringMap) -> std::collections::HashMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 

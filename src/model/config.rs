@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::DurationSpec;
 use super::endpoint::{is_locality_part, HealthStatus};
+use super::string_map::StringMap;
 use super::validation::{
     entry_path, first_duplicate, is_dns_subdomain, is_http_token, validate_labels,
     validate_max_entries, validate_name, validate_range, ParseEnumError, ValidationError,
@@ -770,7 +771,7 @@ pub struct Subset {
     pub name: String,
     /// Endpoints whose labels include all of these belong to the subset.
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: StringMap,
 }
 
 /// Load-balancing algorithm.

@@ -1,6 +1,5 @@
 //! Endpoints: concrete addresses serving a service, with locality and health.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -8,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::duration::DurationSpec;
+use super::string_map::StringMap;
 use super::validation::{
     is_dns_subdomain, validate_labels, validate_name, validate_range, validate_subdomain,
     ParseEnumError, ValidationError,
@@ -161,7 +161,7 @@ pub struct Endpoint {
     /// Port number, 1..=65535.
     pub port: u32,
     /// Labels used by subsets, e.g. `version: v1`.
-    pub labels: BTreeMap<String, String>,
+    pub labels: StringMap,
     /// Where the endpoint runs.
     pub locality: Locality,
     /// Relative load-balancing weight, 1..=128.

@@ -9,6 +9,7 @@ pub mod duration;
 pub mod endpoint;
 pub mod resource;
 pub mod service;
+pub mod string_map;
 pub mod validation;
 
 pub use config::{
@@ -19,5 +20,6 @@ pub use duration::{DurationSpec, ParseDurationError};
 pub use endpoint::{Endpoint, Health, HealthStatus, Locality};
 pub use resource::{parse_documents, to_document, Resource, ResourceError, API_VERSION, KINDS};
 pub use service::{Protocol, Service, ServicePort, DEFAULT_NAMESPACE};
+pub use string_map::StringMap;
 pub use validation::{ParseEnumError, ValidationError};
 pub mod spec_json;

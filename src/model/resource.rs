@@ -4,8 +4,6 @@
 //! The file shapes live in private DTOs so the stored domain types stay free
 //! of attributes (`skip_serializing_if`, …) that a binary format cannot honour.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 use serde_yaml::Value as Yaml;
@@ -14,6 +12,7 @@ use super::config::{ConfigKind, ConfigSpec};
 use super::duration::DurationSpec;
 use super::endpoint::{Endpoint, Health, HealthStatus, Locality};
 use super::service::{Service, ServicePort, DEFAULT_NAMESPACE};
+use super::string_map::StringMap;
 use super::validation::{entry_path, validate_name, ValidationError};
 
 /// The only `apiVersion` accepted and produced.
@@ -126,7 +125,7 @@ struct MetadataDoc {
     #[serde(default = "default_namespace")]
     namespace: String,
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    labels: StringMap,
     #[serde(default)]
     service: Option<String>,
 }
@@ -142,8 +141,8 @@ struct ServiceSpecDoc {
     ports: Vec<ServicePort>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     depends_on: Vec<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    metadata: StringMap,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -151,8 +150,8 @@ struct ServiceSpecDoc {
 struct EndpointSpecDoc {
     address: String,
     port: u32,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    labels: StringMap,
     #[serde(default)]
     locality: Locality,
     #[serde(default = "default_endpoint_weight")]
@@ -475,7 +474,7 @@ pub fn to_document(r: &Resource) -> Json {
             json!({
                 "apiVersion": API_VERSION,
                 "kind": "Endpoint",
-                "metadata": metadata_json(&e.id, &e.namespace, &BTreeMap::new(), Some(&e.service)),
+                "metadata": metadata_json(&e.id, &e.namespace, &StringMap::new(), Some(&e.service)),
                 "spec": spec,
                 "status": {"health": health},
             })
@@ -493,7 +492,7 @@ pub fn to_document(r: &Resource) -> Json {
             json!({
                 "apiVersion": API_VERSION,
                 "kind": spec.kind().as_str(),
-                "metadata": metadata_json(name, namespace, &BTreeMap::new(), None),
+                "metadata": metadata_json(name, namespace, &StringMap::new(), None),
                 "spec": prune(body),
             })
         }
@@ -505,12 +504,7 @@ fn to_json<T: Serialize>(v: &T) -> Json {
     serde_json::to_value(v).expect("document DTOs always serialize to JSON")
 }
 
-fn metadata_json(
-    name: &str,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-    service: Option<&str>,
-) -> Json {
+fn metadata_json(name: &str, namespace: &str, labels: &StringMap, service: Option<&str>) -> Json {
     let mut m = Map::new();
     m.insert("name".into(), json!(name));
     m.insert("namespace".into(), json!(namespace));

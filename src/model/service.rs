@@ -1,11 +1,11 @@
 //! Services: named, namespaced sets of ports that endpoints register under.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::string_map::StringMap;
 use super::validation::{
     first_duplicate, validate_labels, validate_max_entries, validate_metadata, validate_name,
     validate_range, ParseEnumError, ValidationError,
@@ -92,9 +92,9 @@ pub struct Service {
     /// Ports the service exposes.
     pub ports: Vec<ServicePort>,
     /// Selector-style labels (document `metadata.labels`).
-    pub labels: BTreeMap<String, String>,
+    pub labels: StringMap,
     /// Free-form annotations (document `spec.metadata`).
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: StringMap,
     /// Names of services in the same namespace this one calls.
     pub depends_on: Vec<String>,
 }

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Display;
 
+use super::string_map::StringMap;
+
 /// Longest DNS-1123 label (names of services, namespaces, ports, subsets).
 pub const MAX_NAME_LEN: usize = 63;
 /// Longest DNS-1123 subdomain (endpoint ids, host names).
@@ -119,10 +121,7 @@ pub fn validate_max_entries(field: &str, len: usize, max: usize) -> Result<(), V
 }
 
 /// Checks a label map: entry count, key syntax and value syntax.
-pub fn validate_labels(
-    field: &str,
-    labels: &BTreeMap<String, String>,
-) -> Result<(), ValidationError> {
+pub fn validate_labels(field: &str, labels: &StringMap) -> Result<(), ValidationError> {
     validate_max_entries(field, labels.len(), MAX_LABELS)?;
     for (k, v) in labels {
         validate_label_key(field, k)?;
@@ -140,10 +139,7 @@ pub fn validate_labels(
 }
 
 /// Checks a free-form metadata map: keys as for labels, bounded value sizes.
-pub fn validate_metadata(
-    field: &str,
-    metadata: &BTreeMap<String, String>,
-) -> Result<(), ValidationError> {
+pub fn validate_metadata(field: &str, metadata: &StringMap) -> Result<(), ValidationError> {
     validate_max_entries(field, metadata.len(), MAX_METADATA_ENTRIES)?;
     let mut total = 0usize;
     for (k, v) in metadata {
@@ -255,7 +251,7 @@ pub(crate) fn first_duplicate<T, K: Ord>(
 mod tests {
     use super::*;
 
-    fn map(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn map(entries: &[(&str, &str)]) -> StringMap {
         entries
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -318,7 +314,7 @@ mod tests {
             assert!(err.rule.starts_with("value must be"), "{bad_value}");
         }
 
-        let too_many: BTreeMap<String, String> = (0..=MAX_LABELS)
+        let too_many: StringMap = (0..=MAX_LABELS)
             .map(|i| (format!("k{i}"), String::new()))
             .collect();
         assert_eq!(
@@ -338,13 +334,12 @@ mod tests {
         let err = validate_metadata("spec.metadata", &map(&[("bad key", "v")])).unwrap_err();
         assert!(err.rule.starts_with("key must be"));
 
-        let big: BTreeMap<String, String> =
-            (0..20).map(|i| (format!("k{i}"), long.clone())).collect();
+        let big: StringMap = (0..20).map(|i| (format!("k{i}"), long.clone())).collect();
         let err = validate_metadata("spec.metadata", &big).unwrap_err();
         assert_eq!(err.field, "spec.metadata");
         assert!(err.rule.contains("16384 bytes"));
 
-        let too_many: BTreeMap<String, String> = (0..=MAX_METADATA_ENTRIES)
+        let too_many: StringMap = (0..=MAX_METADATA_ENTRIES)
             .map(|i| (format!("k{i}"), String::new()))
             .collect();
         assert!(validate_metadata("m", &too_many).is_err());

@@ -1,12 +1,10 @@
 //! In-memory indexes of the registry and config store, and the read views over them.
 
-use std::collections::BTreeMap;
-
 use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Stored, StoredConfig};
-use crate::model::{ConfigKind, Endpoint, Service};
+use crate::model::{ConfigKind, Endpoint, Service, StringMap};
 
 /// `(namespace, service, endpoint id)`.
 pub type EndpointKey = (String, String, String);
@@ -55,7 +53,7 @@ pub struct RegistryState {
 
 /// True when every pair in `selector` is among `labels`.
 pub fn labels_match(
-    labels: &BTreeMap<String, String>,
+    labels: &StringMap,
     selector: &std::collections::HashMap<String, String>,
 ) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))

@@ -79,7 +79,7 @@ pub fn estimated_size(object: ObjectRef<'_>) -> usize {
     fn text(s: &str) -> usize {
         2 * s.len() + 48
     }
-    fn map(m: &std::collections::BTreeMap<String, String>) -> usize {
+    fn map(m: &crate::model::StringMap) -> usize {
         m.iter().map(|(k, v)| text(k) + text(v) + 64).sum()
     }
     // The event, the object's `Arc` and struct, the filter facts' struct.

@@ -1,8 +1,8 @@
 //! What a watch selects, and the per-object facts it is matched against. Pure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use crate::model::ConfigKind;
+use crate::model::{ConfigKind, StringMap};
 use crate::store::{ObjectRef, Stored, StoredConfig};
 
 /// Kinds of objects a watch can select.
@@ -29,7 +29,7 @@ pub struct ObjectMeta {
     /// Its name (endpoint id for endpoints).
     pub name: String,
     /// Its labels (none for config objects).
-    pub labels: BTreeMap<String, String>,
+    pub labels: StringMap,
 }
 
 impl ObjectMeta {
@@ -71,7 +71,7 @@ impl ObjectMeta {
             namespace: c.namespace.clone(),
             service: c.name.clone(),
             name: c.name.clone(),
-            labels: BTreeMap::new(),
+            labels: StringMap::new(),
         }
     }
 }
@@ -88,7 +88,7 @@ pub struct WatchFilter {
     /// Name prefix; empty = all.
     pub name_prefix: String,
     /// Labels that must all be present.
-    pub labels: BTreeMap<String, String>,
+    pub labels: StringMap,
 }
 
 impl WatchFilter {
