@@ -46,6 +46,10 @@ fn assert_both_systems_ran_cleanly(rows: &Value) {
                     "{system} has no {side} CPU per operation: {row}"
                 );
             }
+            assert!(
+                r["rss_mib"].as_f64().is_some_and(|mib| mib > 0.0),
+                "{system} has no server memory: {row}"
+            );
         }
         assert!(row["throughput_ratio"].as_f64().unwrap() > 0.0, "{row}");
     }

@@ -333,6 +333,10 @@ pub struct RunStats {
     /// CPU time per successful operation, when the run could read it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu: Option<CpuPerOp>,
+    /// The largest resident memory of one server process right after the run, in MiB
+    /// (absent for a cluster this run did not start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_mib: Option<f64>,
 }
 
 /// CPU time (user plus system) per successful operation, in microseconds. On a machine whose
@@ -355,6 +359,11 @@ fn cpu_of(pids: &[u32]) -> Option<f64> {
         return None;
     }
     pids.iter().map(|&pid| super::cpu_seconds(pid)).sum()
+}
+
+/// The largest resident memory among `pids`, in MiB; `None` when there are none.
+fn largest_rss_mib(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&pid| super::rss_mib(pid)).reduce(f64::max)
 }
 
 impl CpuPerOp {
@@ -442,6 +451,7 @@ where
         latency: Latency::from_micros(&histogram),
         first_error,
         cpu: None,
+        rss_mib: None,
     }
 }
 
@@ -548,6 +558,7 @@ pub fn print_comparisons(rows: &[Comparison]) {
         );
     }
     print_cpu_per_op(rows);
+    print_memory(rows);
     print_rounds(rows);
     for row in rows {
         for (system, r) in &row.results {
@@ -629,6 +640,33 @@ fn print_cpu_per_op(rows: &[Comparison]) {
     }
 }
 
+/// Prints each system's largest server RSS after each workload's median round, when the
+/// run started the servers: what the keys written so far cost each system in memory.
+fn print_memory(rows: &[Comparison]) {
+    let rss = |row: &Comparison, system: &str| row.results.get(system).and_then(|r| r.rss_mib);
+    if !rows
+        .iter()
+        .any(|row| rss(row, "bowline").is_some() || rss(row, "etcd").is_some())
+    {
+        return;
+    }
+    println!();
+    println!(
+        "{:<28} {:>5} | {:>15} | {:>15}",
+        "LARGEST MEMBER RSS MiB", "CONC", "BOWLINE", "ETCD"
+    );
+    let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+    for row in rows {
+        println!(
+            "{:<28} {:>5} | {:>15} | {:>15}",
+            row.workload,
+            row.concurrency,
+            cell(rss(row, "bowline")),
+            cell(rss(row, "etcd"))
+        );
+    }
+}
+
 /// Flags of `bowline bench put`.
 #[derive(Debug, Args)]
 pub struct PutBenchArgs {
@@ -692,6 +730,7 @@ where
                 (cpu_before.1, super::cpu_seconds(client)),
                 stats.ops,
             );
+            stats.rss_mib = largest_rss_mib(&servers);
             results.push((target.system, stats));
         }
         runs.push(Comparison::new(workload.clone(), concurrency, results));
@@ -945,6 +984,7 @@ mod tests {
             },
             first_error: None,
             cpu: None,
+            rss_mib: None,
         }
     }
 
@@ -1004,5 +1044,14 @@ mod tests {
         assert_eq!(cpu_of(&[]), None);
         assert_eq!(cpu_of(&[std::process::id(), u32::MAX]), None);
         assert!(cpu_of(&[std::process::id()]).is_some());
+    }
+
+    #[test]
+    fn memory_is_the_largest_member_and_absent_without_processes() {
+        assert_eq!(largest_rss_mib(&[]), None);
+        let own = largest_rss_mib(&[std::process::id()]).unwrap();
+        assert!(own > 0.0, "{own}");
+        // A process that is gone counts as nothing, so it never hides a live one.
+        assert!(largest_rss_mib(&[u32::MAX, std::process::id()]).is_some_and(|mib| mib > 0.0));
     }
 }
