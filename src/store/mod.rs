@@ -1,12 +1,12 @@
-//! The applied state: a pure, deterministic `apply(index, command)` over in-memory indexes,
-//! plus the keys the storage layer persists. No I/O here; `raft::state_machine` writes the
-//! changes to sled.
+//! The applied state: a pure, deterministic `apply(index, command)` over in-memory indexes.
+//! No I/O here: the state reaches the disk only in the snapshots `raft::state_machine`
+//! writes.
 
 mod apply;
 mod state;
 
 pub use apply::{apply_command, check_revision, Change};
-pub use state::{labels_match, EndpointKey, RegistryState, StateKey};
+pub use state::{labels_match, EndpointKey, RegistryState};
 
 use std::sync::Arc;
 

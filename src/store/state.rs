@@ -9,31 +9,6 @@ use crate::model::{ConfigKind, Endpoint, Service, StringMap};
 /// `(namespace, service, endpoint id)`.
 pub type EndpointKey = (String, String, String);
 
-/// Identifies one stored object.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum StateKey {
-    /// `(namespace, name)`.
-    Service(String, String),
-    /// `(namespace, service, id)`.
-    Endpoint(String, String, String),
-    /// `(kind, namespace, name)`.
-    Config(ConfigKind, String, String),
-}
-
-impl StateKey {
-    /// The sled key. Names never contain '/', so the encoding is unambiguous and sorts by
-    /// kind, then namespace.
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            StateKey::Service(ns, name) => format!("s/{ns}/{name}").into_bytes(),
-            StateKey::Endpoint(ns, svc, id) => format!("e/{ns}/{svc}/{id}").into_bytes(),
-            StateKey::Config(kind, ns, name) => {
-                format!("c/{}/{ns}/{name}", kind.as_str()).into_bytes()
-            }
-        }
-    }
-}
-
 /// The whole replicated state of one node, as of `last_applied`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegistryState {
