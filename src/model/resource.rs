@@ -629,9 +629,12 @@ spec:
             panic!()
         };
         assert_eq!(s.ports[1].protocol, Protocol::Grpc);
-        assert_eq!(s.labels["team"], "shop");
+        assert_eq!(s.labels.get("team").map(String::as_str), Some("shop"));
         assert_eq!(s.depends_on, ["db"]);
-        assert_eq!(s.metadata["owner"], "shop team");
+        assert_eq!(
+            s.metadata.get("owner").map(String::as_str),
+            Some("shop team")
+        );
 
         let Resource::Endpoint(e) = &rs[1] else {
             panic!()

@@ -160,16 +160,6 @@ impl<const N: usize> From<[(String, String); N]> for StringMap {
     }
 }
 
-impl std::ops::Index<&str> for StringMap {
-    type Output = String;
-
-    /// The value of `key`; panics when there is none, as indexing a `BTreeMap` does.
-    fn index(&self, key: &str) -> &String {
-        self.get(key)
-            .unwrap_or_else(|| panic!("no entry for key {key:?} in the map"))
-    }
-}
-
 impl fmt::Debug for StringMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()
