@@ -1047,7 +1047,7 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_the_largest_member_and_absent_without_processes() {
+    fn memory_is_absent_without_processes_and_a_gone_process_counts_as_nothing() {
         assert_eq!(largest_rss_mib(&[]), None);
         let own = largest_rss_mib(&[std::process::id()]).unwrap();
         assert!(own > 0.0, "{own}");

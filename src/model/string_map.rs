@@ -46,11 +46,6 @@ impl StringMap {
         self.position(key).ok().map(|i| &self.entries[i].1)
     }
 
-    /// True when `key` has a value.
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.position(key).is_ok()
-    }
-
     /// Sets `key` to `value`, returning the value it replaced.
     pub fn insert(&mut self, key: String, value: String) -> Option<String> {
         match self.position(&key) {
@@ -67,11 +62,6 @@ impl StringMap {
         self.entries.clear();
     }
 
-    /// Removes `key`, returning its value.
-    pub fn remove(&mut self, key: &str) -> Option<String> {
-        self.position(key).ok().map(|i| self.entries.remove(i).1)
-    }
-
     /// Entries in key order.
     pub fn iter(&self) -> Iter<'_> {
         Iter {
@@ -79,14 +69,13 @@ impl StringMap {
         }
     }
 
-    /// Keys in order.
-    pub fn keys(&self) -> impl Iterator<Item = &String> + '_ {
-        self.entries.iter().map(|(k, _)| k)
-    }
-
-    /// Values in key order.
-    pub fn values(&self) -> impl Iterator<Item = &String> + '_ {
-        self.entries.iter().map(|(_, v)| v)
+    /// True when every `(key, value)` of `selector` is among the entries: how label
+    /// selectors (list filters, watch filters, subsets) match.
+    pub fn includes<'a>(
+        &self,
+        selector: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> bool {
+        selector.into_iter().all(|(k, v)| self.get(k) == Some(v))
     }
 
     /// Builds the map from entries in any order; a repeated key keeps its last value, as
@@ -230,17 +219,29 @@ mod tests {
     }
 
     #[test]
-    fn insert_and_remove_keep_the_order_and_report_the_old_value() {
+    fn insert_keeps_the_order_and_reports_the_old_value() {
         let mut map = StringMap::new();
         assert_eq!(map.insert("m".into(), "1".into()), None);
         assert_eq!(map.insert("a".into(), "2".into()), None);
         assert_eq!(map.insert("z".into(), "3".into()), None);
         assert_eq!(map.insert("m".into(), "4".into()), Some("1".into()));
-        assert_eq!(map.keys().collect::<Vec<_>>(), ["a", "m", "z"]);
-        assert_eq!(map.remove("a"), Some("2".into()));
-        assert_eq!(map.remove("a"), None);
-        assert!(map.contains_key("m") && !map.contains_key("a"));
-        assert_eq!(map.values().collect::<Vec<_>>(), ["4", "3"]);
+        let entries: Vec<(&str, &str)> =
+            map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(entries, [("a", "2"), ("m", "4"), ("z", "3")]);
+    }
+
+    #[test]
+    fn includes_needs_every_pair_of_the_selector_with_its_value() {
+        let labels: StringMap = pairs(&[("team", "shop"), ("version", "v1")])
+            .into_iter()
+            .collect();
+        let select =
+            |entries: &[(&str, &str)]| -> StringMap { pairs(entries).into_iter().collect() };
+        assert!(labels.includes(&StringMap::new()));
+        assert!(labels.includes(&select(&[("version", "v1")])));
+        assert!(labels.includes(&labels));
+        assert!(!labels.includes(&select(&[("version", "v2")])));
+        assert!(!labels.includes(&select(&[("team", "shop"), ("zone", "a")])));
     }
 
     #[test]

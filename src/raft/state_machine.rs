@@ -484,9 +484,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             Ok((meta, data, len, stored, encoded))
         })
         .await?;
-        self.snapshot_stored(meta.last_log_id.map(|l| l.index), stored, len);
+        let index = meta.last_log_id.map(|l| l.index);
+        self.snapshot_stored(index, stored, len);
         tracing::info!(
-            index = ?meta.last_log_id.map(|l| l.index),
+            ?index,
             bytes = len,
             encode_ms = encoded.as_millis() as u64,
             store_ms = (started.elapsed() - encoded).as_millis() as u64,

@@ -6,7 +6,7 @@ mod apply;
 mod state;
 
 pub use apply::{apply_command, check_revision, Change};
-pub use state::{labels_match, EndpointKey, RegistryState};
+pub use state::{EndpointKey, RegistryState};
 
 use std::sync::Arc;
 
@@ -48,17 +48,6 @@ pub enum ObjectRef<'a> {
     Endpoint(&'a Stored<crate::model::Endpoint>),
     /// A config object.
     Config(&'a StoredConfig),
-}
-
-impl ObjectRef<'_> {
-    /// The object, shared rather than borrowed (its value is reference-counted, not copied).
-    pub fn to_stored(self) -> StoredObject {
-        match self {
-            ObjectRef::Service(s) => StoredObject::Service(s.clone()),
-            ObjectRef::Endpoint(e) => StoredObject::Endpoint(e.clone()),
-            ObjectRef::Config(c) => StoredObject::Config(c.clone()),
-        }
-    }
 }
 
 impl StoredObject {

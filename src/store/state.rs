@@ -4,7 +4,7 @@ use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Stored, StoredConfig};
-use crate::model::{ConfigKind, Endpoint, Service, StringMap};
+use crate::model::{ConfigKind, Endpoint, Service};
 
 /// `(namespace, service, endpoint id)`.
 pub type EndpointKey = (String, String, String);
@@ -26,14 +26,6 @@ pub struct RegistryState {
     pub configs: OrdMap<(ConfigKind, String, String), StoredConfig>,
 }
 
-/// True when every pair in `selector` is among `labels`.
-pub fn labels_match(
-    labels: &StringMap,
-    selector: &std::collections::HashMap<String, String>,
-) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
 impl RegistryState {
     /// One service.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Stored<Service>> {
@@ -50,7 +42,7 @@ impl RegistryState {
         self.services
             .iter()
             .filter(|((ns, _), _)| namespace.is_empty() || ns == namespace)
-            .filter(|(_, s)| labels_match(&s.value.labels, selector))
+            .filter(|(_, s)| s.value.labels.includes(selector))
             .map(|(_, s)| s.clone())
             .collect()
     }
@@ -73,7 +65,7 @@ impl RegistryState {
             .filter(|((ns, svc, _), _)| {
                 (namespace.is_empty() || ns == namespace) && (service.is_empty() || svc == service)
             })
-            .filter(|(_, e)| labels_match(&e.value.labels, selector))
+            .filter(|(_, e)| e.value.labels.includes(selector))
             .map(|(_, e)| e.clone())
             .collect()
     }

@@ -98,10 +98,7 @@ impl WatchFilter {
             && (self.namespace.is_empty() || self.namespace == meta.namespace)
             && (self.service.is_empty() || self.service == meta.service)
             && meta.name.starts_with(&self.name_prefix)
-            && self
-                .labels
-                .iter()
-                .all(|(k, v)| meta.labels.get(k) == Some(v))
+            && meta.labels.includes(&self.labels)
     }
 }
 

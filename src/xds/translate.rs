@@ -263,12 +263,10 @@ pub fn translate(
             let cluster = eds_cluster(&cluster_name, service, dp, hc);
             snap.clusters
                 .insert(cluster_name.clone(), pack_any(cluster));
-            let members = endpoints.iter().copied().filter(|e| {
-                subset
-                    .labels
-                    .iter()
-                    .all(|(k, v)| e.labels.get(k) == Some(v))
-            });
+            let members = endpoints
+                .iter()
+                .copied()
+                .filter(|e| e.labels.includes(&subset.labels));
             let cla = load_assignment(&cluster_name, members, &rank);
             snap.endpoints.insert(cluster_name, pack_any(cla));
         }
