@@ -30,9 +30,9 @@ use crate::raft::peer_server::PeerService;
 use crate::raft::proposal_batch::ProposalBatcher;
 use crate::raft::read_index::{ReadIndexBatcher, RestoredLeadership};
 use crate::raft::read_lease::ReadLease;
-use crate::raft::runtime::RaftRuntime;
 use crate::raft::state_machine::{AppliedState, StateMachineStore};
 use crate::raft::{NodeAddr, NodeId, Raft};
+use crate::runtime::{DedicatedRuntime, RAFT_WORKER_THREADS};
 use crate::telemetry::Metrics;
 use crate::transport::CoalescingStream;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
@@ -133,6 +133,8 @@ pub struct NodeConfig {
     pub watch_progress: Duration,
     /// How long xDS waits after a change for more before pushing.
     pub xds_debounce: Duration,
+    /// Worker threads of the runtime serving the client port.
+    pub client_threads: usize,
 }
 
 /// A running node's handles, for in-process tests and the admin server.
@@ -226,13 +228,18 @@ pub async fn run_node(
     check_identity(&config.data_dir, config.id)?;
 
     // Bind first, so a busy port fails fast before any Raft state changes.
-    let raft_runtime = RaftRuntime::start()?;
+    let raft_runtime = DedicatedRuntime::start("raft", RAFT_WORKER_THREADS)?;
+    let client_runtime = DedicatedRuntime::start("client", config.client_threads)?;
     // The peer listener belongs to the Raft runtime's reactor, like the connections it accepts.
     let peer_addr = config.peer_addr.clone();
     let peer_listener = raft_runtime
         .run(async move { bind("peer", &peer_addr).await })
         .await??;
-    let client_listener = bind("client", &config.client_addr).await?;
+    // Likewise the client listener and the client runtime.
+    let client_addr = config.client_addr.clone();
+    let client_listener = client_runtime
+        .run(async move { bind("client", &client_addr).await })
+        .await??;
     let admin_listener = bind("admin", &config.admin_addr).await?;
 
     let db = sled::Config::new()
@@ -487,7 +494,7 @@ pub async fn run_node(
         .supervise(stop_rx.clone()),
     );
     let peer_task = raft_runtime.handle().spawn(peer_server);
-    let client_task = tokio::spawn(client_server);
+    let client_task = client_runtime.handle().spawn(client_server);
     let admin_task = tokio::spawn(admin_server);
 
     // A node whose Raft core or log sync failed can no longer apply or acknowledge
@@ -531,6 +538,7 @@ pub async fn run_node(
     let _ = tokio::time::timeout(drain, peer_task).await;
     metrics_task.abort();
     compaction_task.abort();
+    drop(client_runtime);
     drop(raft_runtime);
     let flushed = db.flush_async().await.context("flush sled on shutdown");
     match (failed, flushed) {

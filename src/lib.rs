@@ -33,6 +33,7 @@ pub mod jepsen;
 pub mod model;
 pub mod proto;
 pub mod raft;
+pub mod runtime;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

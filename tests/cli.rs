@@ -120,6 +120,16 @@ async fn bad_files_and_commands_fail_with_one_line_and_write_nothing() {
     assert!(err.contains("--id must be a positive integer"), "{err}");
     let (code, _, err) = cli(
         &cluster,
+        &["serve", "--id", "1", "--client-threads", "0"],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--client-threads must be between 1 and 1024"),
+        "{err}"
+    );
+    let (code, _, err) = cli(
+        &cluster,
         &[
             "endpoint",
             "register",

@@ -89,7 +89,14 @@ pub struct ServeArgs {
     /// xDS push debounce: wait this long after a change for more, in milliseconds. [default: 20]
     #[arg(long, env = "BOWLINE_XDS_DEBOUNCE_MS")]
     pub xds_debounce_ms: Option<u64>,
+    /// Worker threads serving the client port (1-1024); lower it to hold a node that shares
+    /// its machine to a part of the CPUs. [default: the number of CPUs]
+    #[arg(long, env = "BOWLINE_CLIENT_THREADS")]
+    pub client_threads: Option<usize>,
 }
+
+/// Most worker threads the client runtime may have.
+const MAX_CLIENT_THREADS: usize = 1024;
 
 /// The config file: the same settings as the flags.
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +124,7 @@ struct ServeFile {
     max_watchers: Option<usize>,
     watch_progress_ms: Option<u64>,
     xds_debounce_ms: Option<u64>,
+    client_threads: Option<usize>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -285,7 +293,15 @@ impl ServeArgs {
                 .unwrap_or(20)
                 .min(10_000),
         );
+        let client_threads = self
+            .client_threads
+            .or(file.client_threads)
+            .unwrap_or_else(crate::runtime::default_client_threads);
+        if !(1..=MAX_CLIENT_THREADS).contains(&client_threads) {
+            bail!("--client-threads must be between 1 and {MAX_CLIENT_THREADS}");
+        }
         Ok(NodeConfig {
+            client_threads,
             xds_debounce,
             watch,
             watch_progress,

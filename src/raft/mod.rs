@@ -16,7 +16,6 @@ pub mod peer_server;
 pub mod proposal_batch;
 pub mod read_index;
 pub mod read_lease;
-pub mod runtime;
 pub mod snapshot_file;
 pub mod state_machine;
 
