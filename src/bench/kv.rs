@@ -67,6 +67,10 @@ pub struct CompareArgs {
     /// A small, fast run (for CI smoke tests).
     #[arg(long)]
     pub quick: bool,
+    /// Extra flags for every Bowline node this run starts (for example
+    /// `--serve-arg=--client-threads=1`).
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    pub serve_args: Vec<String>,
 }
 
 /// The Bowline write of `value` under `key`: a service named `key` whose metadata `v` is
@@ -204,7 +208,12 @@ impl Target {
     ) -> anyhow::Result<Vec<Target>> {
         let mut targets = Vec::new();
         let (addrs, bowline) = if args.bench_endpoints.is_empty() {
-            let cluster = LocalCluster::start(3, bowline_flags).await?;
+            let flags: Vec<String> = bowline_flags
+                .iter()
+                .chain(&args.serve_args)
+                .cloned()
+                .collect();
+            let cluster = LocalCluster::start(3, &flags).await?;
             (cluster.client_addrs.clone(), Some(cluster))
         } else {
             (args.bench_endpoints.clone(), None)
