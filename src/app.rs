@@ -183,11 +183,16 @@ impl NodeHandle {
 }
 
 async fn bind(what: &str, addr: &str) -> anyhow::Result<TcpListener> {
-    let socket: SocketAddr = tokio::net::lookup_host(addr)
-        .await
-        .with_context(|| format!("resolve {what} address {addr}"))?
-        .next()
-        .with_context(|| format!("{what} address {addr} resolves to nothing"))?;
+    // A literal address needs no lookup, whose blocking-pool thread would linger beside the
+    // runtime's workers.
+    let socket: SocketAddr = match addr.parse() {
+        Ok(socket) => socket,
+        Err(_) => tokio::net::lookup_host(addr)
+            .await
+            .with_context(|| format!("resolve {what} address {addr}"))?
+            .next()
+            .with_context(|| format!("{what} address {addr} resolves to nothing"))?,
+    };
     TcpListener::bind(socket)
         .await
         .with_context(|| format!("listen on {what} address {addr}"))
