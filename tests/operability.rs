@@ -200,3 +200,37 @@ fn json_log_format_emits_one_json_object_per_line() {
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn client_threads_set_how_many_workers_serve_the_client_port() {
+    // Not the default (one per CPU), so the flag must have taken effect.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from) + 1;
+    let mut cluster = Cluster::start_with(
+        1,
+        Tuning {
+            extra_args: vec![format!("--client-threads={threads}")],
+            ..Tuning::default()
+        },
+    )
+    .await;
+    cluster.wait_for_leader().await;
+    let client = cluster.client();
+    register_service(&client, "threads").await.unwrap();
+    let found = get_service(&client, "threads", pb::Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert!(found.is_some(), "the client port answered");
+    let pid = cluster.nodes[0].child.as_ref().unwrap().id();
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let comm = task.unwrap().path().join("comm");
+            std::fs::read_to_string(comm).unwrap().trim().to_string()
+        })
+        .collect();
+    assert_eq!(
+        names.iter().filter(|name| *name == "client").count(),
+        threads,
+        "threads: {names:?}"
+    );
+}
