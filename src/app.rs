@@ -427,9 +427,7 @@ pub async fn run_node(
         node_id: config.id,
     };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let client_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .concurrency_limit_per_connection(1024)
+    let client_routes = api::server::GrpcRouter::builder()
         .add_service(health_service)
         .add_service(
             RegistryServer::new(api::registry::RegistryService { ctx: ctx.clone() })
@@ -459,10 +457,12 @@ pub async fn run_node(
             })
             .max_decoding_message_size(api::MAX_REQUEST_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            accepted_without_nagle(client_listener),
-            stopped(stop_rx.clone()),
-        );
+        .build();
+    let client_server = api::server::serve(
+        client_routes,
+        accepted_without_nagle(client_listener),
+        stopped(stop_rx.clone()),
+    );
 
     let admin_server = crate::admin::serve(admin_listener, node.clone(), stopped(stop_rx.clone()));
     let compaction_task = tokio::spawn(crate::raft::compaction::compact_by_size(

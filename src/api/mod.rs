@@ -7,6 +7,7 @@ pub mod convert;
 pub mod error;
 pub mod proxies;
 pub mod registry;
+pub mod server;
 pub mod watch;
 
 use std::future::Future;
