@@ -39,8 +39,9 @@ pub type ResponseFuture =
 
 type Handler = Box<dyn Fn(http::Request<Incoming>) -> ResponseFuture + Send + Sync>;
 
-/// Requests one client connection may have in flight at once (a watch stream counts for
-/// as long as it is open). The limit tonic's concurrency layer enforced before.
+/// Requests (HTTP/2 streams) one client connection may have open at once; a watch stream
+/// counts for as long as it is open. tonic's concurrency layer held 1024 calls per
+/// connection until each call's response began, and queued the rest inside this node.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// After a failed accept (say the process is out of file descriptors), how long to wait
@@ -48,7 +49,7 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 const ACCEPT_RETRY_AFTER: Duration = Duration::from_millis(20);
 
 /// Dispatches requests to gRPC services by the service part of their path. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct GrpcRouter {
     routes: Arc<Vec<(&'static str, Handler)>>,
 }
