@@ -26,10 +26,7 @@ pub struct ServiceHealth {
 
 fn counts(state: &RegistryState, namespace: &str, service: &str) -> (u32, u32, u32, u32) {
     let (mut total, mut available, mut unhealthy, mut draining) = (0, 0, 0, 0);
-    for key in state.endpoints_of(namespace, service) {
-        let Some(e) = state.endpoints.get(&key) else {
-            continue;
-        };
+    for e in state.service_endpoints(namespace, service) {
         total += 1;
         match e.value.health.status {
             HealthStatus::Healthy | HealthStatus::Unknown => available += 1,

@@ -72,12 +72,30 @@ impl RegistryState {
 
     /// Endpoints of one service, in id order.
     pub fn endpoints_of(&self, namespace: &str, service: &str) -> Vec<EndpointKey> {
+        self.endpoint_entries(namespace, service)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Endpoints of one service, in id order, without copying their keys: reading a
+    /// service's health or its load assignment visits each endpoint once.
+    pub fn service_endpoints<'a>(
+        &'a self,
+        namespace: &'a str,
+        service: &'a str,
+    ) -> impl Iterator<Item = &'a Stored<Endpoint>> + 'a {
+        self.endpoint_entries(namespace, service).map(|(_, e)| e)
+    }
+
+    fn endpoint_entries<'a>(
+        &'a self,
+        namespace: &'a str,
+        service: &'a str,
+    ) -> impl Iterator<Item = (&'a EndpointKey, &'a Stored<Endpoint>)> + 'a {
         let start = (namespace.to_string(), service.to_string(), String::new());
         self.endpoints
             .range(start..)
-            .take_while(|((ns, svc, _), _)| ns == namespace && svc == service)
-            .map(|(k, _)| k.clone())
-            .collect()
+            .take_while(move |((ns, svc, _), _)| ns == namespace && svc == service)
     }
 
     /// One config object.

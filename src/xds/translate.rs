@@ -242,9 +242,8 @@ pub fn translate(
         let dp = destination_policy(state, ns, name)?;
         let hc = health_check(state, ns, name)?;
         let endpoints: Vec<&Endpoint> = state
-            .endpoints_of(ns, name)
-            .iter()
-            .filter_map(|k| state.endpoints.get(k).map(|e| &*e.value))
+            .service_endpoints(ns, name)
+            .map(|e| &*e.value)
             .collect();
 
         let rules = dp
