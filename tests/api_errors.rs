@@ -409,3 +409,53 @@ async fn the_client_port_routes_by_service_name_and_refuses_unknown_ones() {
         .expect("still serving after unknown paths");
     assert_eq!(status.into_inner().node_id, 1);
 }
+
+/// The client port bounds the requests one connection may have open and announces the
+/// bound in its HTTP/2 SETTINGS, so a conforming client queues the rest on its own side
+/// instead of in the node's memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_port_announces_how_many_requests_a_connection_may_have_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cluster = Cluster::start(1).await;
+    cluster.wait_for_leader().await;
+    let mut socket = tokio::net::TcpStream::connect(&cluster.nodes[0].client_addr)
+        .await
+        .expect("connect to the client port");
+    // The client connection preface, then an empty SETTINGS frame.
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("send the preface");
+    socket
+        .write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+        .await
+        .expect("send SETTINGS");
+    // The server's first frame is its SETTINGS: a 9-byte frame header, then 6-byte entries.
+    let read_settings = async {
+        let mut header = [0u8; 9];
+        socket.read_exact(&mut header).await?;
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        socket.read_exact(&mut payload).await?;
+        Ok::<_, std::io::Error>((header[3], payload))
+    };
+    let (frame_type, payload) = tokio::time::timeout(WAIT, read_settings)
+        .await
+        .expect("the server sends its SETTINGS")
+        .expect("read the server's SETTINGS");
+    assert_eq!(frame_type, 0x4, "the server's first frame is SETTINGS");
+    let settings: Vec<(u16, u32)> = payload
+        .chunks_exact(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect();
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    assert!(
+        settings.contains(&(MAX_CONCURRENT_STREAMS, 1024)),
+        "SETTINGS_MAX_CONCURRENT_STREAMS = 1024 among {settings:?}"
+    );
+}
