@@ -16,16 +16,23 @@
 //!
 //! A client that gives up on a request resets its stream, and hyper then drops the
 //! handler's future, so no server-side deadline timer is needed for that.
+//!
+//! A connection's requests run inside the connection's own task ([`ConnectionTask`])
+//! rather than a task each.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::stream::FuturesUnordered;
+use futures::task::AtomicWaker;
+use futures::{FutureExt, Stream, StreamExt};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tonic::body::Body;
@@ -130,10 +137,6 @@ where
     I: Stream<Item = std::io::Result<IO>>,
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let (drain_tx, drain_rx) = watch::channel(());
     {
         let mut incoming = std::pin::pin!(incoming);
@@ -152,14 +155,13 @@ where
                     continue;
                 }
             };
-            let connection = builder.serve_connection(TokioIo::new(io), router.clone());
+            let mut connection = ConnectionTask::new(io, router.clone());
             let mut drain = drain_rx.clone();
             tokio::spawn(async move {
-                let mut connection = std::pin::pin!(connection);
                 let result = tokio::select! {
-                    result = connection.as_mut() => result,
+                    result = &mut connection => result,
                     _ = drain.changed() => {
-                        connection.as_mut().graceful_shutdown();
+                        connection.graceful_shutdown();
                         connection.await
                     }
                 };
@@ -173,6 +175,155 @@ where
     let _ = drain_tx.send(());
     drop(drain_rx);
     drain_tx.closed().await;
+}
+
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How many times one poll of a connection goes round between its socket and its
+/// requests before it lets other tasks run.
+const ROUNDS_PER_POLL: usize = 8;
+
+/// hyper's executor for one connection's requests: instead of a task each, they join the
+/// connection's own task ([`ConnectionTask`]).
+#[derive(Clone, Default)]
+struct ConnectionRequests {
+    shared: Arc<RequestsShared>,
+}
+
+#[derive(Default)]
+struct RequestsShared {
+    /// Requests hyper started that the connection's task has not taken up yet.
+    started: Mutex<Vec<StreamFuture>>,
+    /// The connection's task, woken when a request starts outside its poll.
+    task: AtomicWaker,
+    /// The connection's task is being polled, and looks for started requests before it
+    /// returns.
+    polling: AtomicBool,
+}
+
+impl RequestsShared {
+    fn take_started(&self) -> Vec<StreamFuture> {
+        std::mem::take(&mut *self.started.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for ConnectionRequests
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, request: F) {
+        // A request that panicked would otherwise take its connection's other requests
+        // down with it; as a task of its own, only it ended.
+        let request = std::panic::AssertUnwindSafe(request)
+            .catch_unwind()
+            .map(|_| ());
+        self.shared
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::pin(request));
+        if !self.shared.polling.load(Ordering::Acquire) {
+            self.shared.task.wake();
+        }
+    }
+}
+
+type Http2Connection<IO> =
+    hyper::server::conn::http2::Connection<TokioIo<IO>, GrpcRouter, ConnectionRequests>;
+
+/// One client connection and every request on it, polled as one task.
+///
+/// hyper spawns a task per request. A batch of linearizable reads released by one read
+/// index then woke two dozen tasks at once; the runtime woke its other worker to steal
+/// half of them, and the two took turns on the connection's HTTP/2 lock to send their
+/// responses. Here a request's wake-up wakes its connection's task, which polls the
+/// requests that are ready and then writes their responses together. A connection's
+/// requests share one worker at a time, as in Envoy, where a connection's streams all run
+/// on its worker thread; a node with many connections still uses every worker.
+struct ConnectionTask<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static> {
+    connection: Pin<Box<Http2Connection<IO>>>,
+    /// The connection's own result, once it has ended (its requests may still be running).
+    ended: Option<Result<(), hyper::Error>>,
+    requests: FuturesUnordered<StreamFuture>,
+    executor: ConnectionRequests,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static> ConnectionTask<IO> {
+    fn new(io: IO, router: GrpcRouter) -> Self {
+        let executor = ConnectionRequests::default();
+        let mut builder = hyper::server::conn::http2::Builder::new(executor.clone());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            // gRPC has no use for a Date header, which hyper would encode into every response.
+            .auto_date_header(false);
+        ConnectionTask {
+            connection: Box::pin(builder.serve_connection(TokioIo::new(io), router)),
+            ended: None,
+            requests: FuturesUnordered::new(),
+            executor,
+        }
+    }
+
+    /// Sends GOAWAY: the requests already started finish, no new one is accepted.
+    fn graceful_shutdown(&mut self) {
+        if self.ended.is_none() {
+            self.connection.as_mut().graceful_shutdown();
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static> Future for ConnectionTask<IO> {
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let shared = this.executor.shared.clone();
+        shared.task.register(cx.waker());
+        shared.polling.store(true, Ordering::Release);
+        // Reading the socket starts requests, and requests that finish give the connection
+        // frames to write: go round until neither moves, within a bound.
+        let mut settled = false;
+        for _ in 0..ROUNDS_PER_POLL {
+            let mut moved = false;
+            if this.ended.is_none() {
+                if let Poll::Ready(result) = this.connection.as_mut().poll(cx) {
+                    this.ended = Some(result);
+                    moved = true;
+                }
+            }
+            let started = shared.take_started();
+            if !started.is_empty() {
+                this.requests.extend(started);
+                moved = true;
+            }
+            while let Poll::Ready(Some(())) = this.requests.poll_next_unpin(cx) {
+                moved = true;
+            }
+            if !moved {
+                settled = true;
+                break;
+            }
+        }
+        shared.polling.store(false, Ordering::Release);
+        // A request started after the last look (from another thread), or the bound was
+        // hit: come back after the other tasks had their turn.
+        let late = !shared
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if !settled || late {
+            cx.waker().wake_by_ref();
+        }
+        match this.ended.take() {
+            Some(result) if this.requests.is_empty() => Poll::Ready(result),
+            ended => {
+                this.ended = ended;
+                Poll::Pending
+            }
+        }
+    }
 }
 
 #[cfg(test)]
