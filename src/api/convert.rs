@@ -126,7 +126,7 @@ pub fn service_with_status(
     state: &crate::store::RegistryState,
     s: &Stored<Service>,
 ) -> pb::Service {
-    let h = crate::health::status::service_health(state, &s.value.namespace, &s.value.name);
+    let h = crate::health::status::service_health(state, &s.value);
     pb::Service {
         status: Some(pb::ServiceStatus {
             total_endpoints: h.total,

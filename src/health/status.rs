@@ -2,7 +2,7 @@
 //! health. Pure; computed from the applied state when a service is read.
 
 use crate::model::config::DEFAULT_PANIC_THRESHOLD;
-use crate::model::{ConfigKind, ConfigSpec, HealthStatus, DEFAULT_NAMESPACE};
+use crate::model::{ConfigKind, ConfigSpec, HealthStatus, Service, DEFAULT_NAMESPACE};
 use crate::store::RegistryState;
 
 /// Health of one service as routing would see it.
@@ -37,13 +37,14 @@ fn counts(state: &RegistryState, namespace: &str, service: &str) -> (u32, u32, u
     (total, available, unhealthy, draining)
 }
 
-/// The health summary of a service.
-pub fn service_health(state: &RegistryState, namespace: &str, name: &str) -> ServiceHealth {
-    let namespace = if namespace.is_empty() {
+/// The health summary of `service`, a service in `state`.
+pub fn service_health(state: &RegistryState, service: &Service) -> ServiceHealth {
+    let namespace = if service.namespace.is_empty() {
         DEFAULT_NAMESPACE
     } else {
-        namespace
+        &service.namespace
     };
+    let name = &service.name;
     let (total, available, unhealthy, draining) = counts(state, namespace, name);
     let panic_threshold = match state
         .config(ConfigKind::HealthCheck, namespace, name)
@@ -54,19 +55,14 @@ pub fn service_health(state: &RegistryState, namespace: &str, name: &str) -> Ser
     };
     let panic =
         total > 0 && u64::from(available) * 100 < u64::from(panic_threshold) * u64::from(total);
-    let degraded_dependencies = state
-        .service(namespace, name)
-        .map(|s| {
-            s.value
-                .depends_on
-                .iter()
-                .filter(|dep| {
-                    state.service(namespace, dep).is_none() || counts(state, namespace, dep).1 == 0
-                })
-                .cloned()
-                .collect()
+    let degraded_dependencies = service
+        .depends_on
+        .iter()
+        .filter(|dep| {
+            state.service(namespace, dep).is_none() || counts(state, namespace, dep).1 == 0
         })
-        .unwrap_or_default();
+        .cloned()
+        .collect();
     ServiceHealth {
         total,
         available,
@@ -137,7 +133,7 @@ mod tests {
         for (i, c) in commands.into_iter().enumerate() {
             apply_command(&mut state, i as u64 + 1, c).0.unwrap();
         }
-        let h = service_health(&state, "default", "web");
+        let h = service_health(&state, &state.service("default", "web").unwrap().value);
         assert_eq!((h.total, h.available, h.unhealthy), (3, 1, 2));
         assert!(h.panic, "1 of 3 available is under 50%");
         assert_eq!(
@@ -151,7 +147,7 @@ mod tests {
         apply_command(&mut state, 11, endpoint("db", "d", HealthStatus::Healthy))
             .0
             .unwrap();
-        let h = service_health(&state, "default", "web");
+        let h = service_health(&state, &state.service("default", "web").unwrap().value);
         assert!(!h.panic, "2 of 3 available");
         assert_eq!(h.degraded_dependencies, vec!["cache".to_string()]);
     }
