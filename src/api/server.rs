@@ -179,9 +179,9 @@ where
 
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// How many times one poll of a connection goes round between its socket and its
-/// requests before it lets other tasks run.
-const ROUNDS_PER_POLL: usize = 8;
+/// Passes one poll of a connection may make over its socket and requests before it lets
+/// other tasks run: this many, or one per open request if more.
+const MIN_PASSES_PER_POLL: usize = 8;
 
 /// hyper's executor for one connection's requests: instead of a task each, they join the
 /// connection's own task ([`ConnectionTask`]).
@@ -194,16 +194,37 @@ struct ConnectionRequests {
 struct RequestsShared {
     /// Requests hyper started that the connection's task has not taken up yet.
     started: Mutex<Vec<StreamFuture>>,
-    /// The connection's task, woken when a request starts outside its poll.
+    /// The connection's task.
     task: AtomicWaker,
-    /// The connection's task is being polled, and looks for started requests before it
-    /// returns.
+    /// The connection's task is being polled, and looks at `started` and `woken` before it
+    /// returns, so there is no need to wake it.
     polling: AtomicBool,
+    /// Something the task polls (the connection or one of its requests) was woken, or a
+    /// request started, since the task last looked.
+    woken: AtomicBool,
 }
 
 impl RequestsShared {
     fn take_started(&self) -> Vec<StreamFuture> {
         std::mem::take(&mut *self.started.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether anything was woken since the last call.
+    fn take_woken(&self) -> bool {
+        self.woken.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// The waker the connection and its requests are polled with: while the task is being
+/// polled a wake-up only marks that another pass is due; otherwise it wakes the task.
+impl futures::task::ArcWake for RequestsShared {
+    fn wake_by_ref(shared: &Arc<Self>) {
+        // SeqCst here and in `poll`: each side stores, then loads what the other stores,
+        // and at least one of them must see the other's store.
+        shared.woken.store(true, Ordering::SeqCst);
+        if !shared.polling.load(Ordering::SeqCst) {
+            shared.task.wake();
+        }
     }
 }
 
@@ -222,9 +243,7 @@ where
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Box::pin(request));
-        if !self.shared.polling.load(Ordering::Acquire) {
-            self.shared.task.wake();
-        }
+        futures::task::ArcWake::wake_by_ref(&self.shared);
     }
 }
 
@@ -280,40 +299,38 @@ impl<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static> Future for ConnectionT
         let this = &mut *self;
         let shared = this.executor.shared.clone();
         shared.task.register(cx.waker());
-        shared.polling.store(true, Ordering::Release);
-        // Reading the socket starts requests, and requests that finish give the connection
-        // frames to write: go round until neither moves, within a bound.
-        let mut settled = false;
-        for _ in 0..ROUNDS_PER_POLL {
-            let mut moved = false;
+        shared.polling.store(true, Ordering::SeqCst);
+        let waker = futures::task::waker_ref(&shared);
+        let mut inner = Context::from_waker(&waker);
+        // Poll whatever was woken, requests first so that the connection then writes
+        // what they sent in one go, and go round while polling woke more (a response
+        // that was given send capacity, a request the connection read) within a bound.
+        // FuturesUnordered itself hands back control once two of its futures woke
+        // themselves while being polled, as responses waiting for capacity do; with a
+        // hundred watch streams on a connection, letting that end the task's turn sent the
+        // connection to the back of the run queue every couple of streams.
+        let mut passes = 0;
+        let settled = loop {
+            let _ = shared.take_woken();
+            while let Poll::Ready(Some(())) = this.requests.poll_next_unpin(&mut inner) {}
             if this.ended.is_none() {
-                if let Poll::Ready(result) = this.connection.as_mut().poll(cx) {
+                if let Poll::Ready(result) = this.connection.as_mut().poll(&mut inner) {
                     this.ended = Some(result);
-                    moved = true;
                 }
             }
-            let started = shared.take_started();
-            if !started.is_empty() {
-                this.requests.extend(started);
-                moved = true;
+            this.requests.extend(shared.take_started());
+            if !shared.take_woken() {
+                break true;
             }
-            while let Poll::Ready(Some(())) = this.requests.poll_next_unpin(cx) {
-                moved = true;
+            passes += 1;
+            if passes > MIN_PASSES_PER_POLL.max(this.requests.len()) {
+                break false;
             }
-            if !moved {
-                settled = true;
-                break;
-            }
-        }
-        shared.polling.store(false, Ordering::Release);
-        // A request started after the last look (from another thread), or the bound was
-        // hit: come back after the other tasks had their turn.
-        let late = !shared
-            .started
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
-        if !settled || late {
+        };
+        shared.polling.store(false, Ordering::SeqCst);
+        // Woken after the last look, or the bound was hit: come back after the other tasks
+        // had their turn.
+        if !settled || shared.woken.load(Ordering::SeqCst) {
             cx.waker().wake_by_ref();
         }
         match this.ended.take() {
