@@ -11,12 +11,11 @@
 //! The client runtime serves the client port with as many workers as `--client-threads`
 //! asks (one per CPU unless set), like Envoy's `--concurrency`, so that a node sharing its
 //! machine can be held to a part of it. In the benchmarks' three nodes on two CPUs, one
-//! worker each cost a follower 13–15 µs of CPU per linearizable read instead of 20–21: a
-//! second worker is woken by futex to steal half of each batch of woken reads, the two
-//! take turns on h2's per-connection lock, and memory is freed by the thread that did not
-//! allocate it. Yet one worker gave no more reads a second beside etcd, and the leader's
-//! own reads fell by about a sixth, so the default stays one per CPU (see
-//! `docs/benchmarks.md`).
+//! worker each once cost a follower a third less CPU per linearizable read, but gave no
+//! more reads a second beside etcd and cost the leader's own reads about a sixth, so the
+//! default stays one per CPU. Most of that gap came from two workers splitting each batch
+//! of woken reads; a connection's requests now run in its own task
+//! ([`crate::api::server`]), which leaves 10–13 % (see `docs/benchmarks.md`).
 
 use std::future::Future;
 

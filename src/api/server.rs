@@ -264,7 +264,8 @@ struct ConnectionTask<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static> {
     /// The connection's own result, once it has ended (its requests may still be running).
     ended: Option<Result<(), hyper::Error>>,
     requests: FuturesUnordered<StreamFuture>,
-    executor: ConnectionRequests,
+    /// What the connection's executor and wakers share with this task.
+    shared: Arc<RequestsShared>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static> ConnectionTask<IO> {
@@ -280,7 +281,7 @@ impl<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static> ConnectionTask<IO> {
             connection: Box::pin(builder.serve_connection(TokioIo::new(io), router)),
             ended: None,
             requests: FuturesUnordered::new(),
-            executor,
+            shared: executor.shared,
         }
     }
 
@@ -296,11 +297,15 @@ impl<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static> Future for ConnectionT
     type Output = Result<(), hyper::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let shared = this.executor.shared.clone();
+        let ConnectionTask {
+            connection,
+            ended,
+            requests,
+            shared,
+        } = &mut *self;
         shared.task.register(cx.waker());
         shared.polling.store(true, Ordering::SeqCst);
-        let waker = futures::task::waker_ref(&shared);
+        let waker = futures::task::waker_ref(shared);
         let mut inner = Context::from_waker(&waker);
         // Poll whatever was woken, requests first so that the connection then writes
         // what they sent in one go, and go round while polling woke more (a response
@@ -312,18 +317,18 @@ impl<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static> Future for ConnectionT
         let mut passes = 0;
         let settled = loop {
             let _ = shared.take_woken();
-            while let Poll::Ready(Some(())) = this.requests.poll_next_unpin(&mut inner) {}
-            if this.ended.is_none() {
-                if let Poll::Ready(result) = this.connection.as_mut().poll(&mut inner) {
-                    this.ended = Some(result);
+            while let Poll::Ready(Some(())) = requests.poll_next_unpin(&mut inner) {}
+            if ended.is_none() {
+                if let Poll::Ready(result) = connection.as_mut().poll(&mut inner) {
+                    *ended = Some(result);
                 }
             }
-            this.requests.extend(shared.take_started());
+            requests.extend(shared.take_started());
             if !shared.take_woken() {
                 break true;
             }
             passes += 1;
-            if passes > MIN_PASSES_PER_POLL.max(this.requests.len()) {
+            if passes > MIN_PASSES_PER_POLL.max(requests.len()) {
                 break false;
             }
         };
@@ -333,10 +338,10 @@ impl<IO: AsyncRead + AsyncWrite + Send + Unpin + 'static> Future for ConnectionT
         if !settled || shared.woken.load(Ordering::SeqCst) {
             cx.waker().wake_by_ref();
         }
-        match this.ended.take() {
-            Some(result) if this.requests.is_empty() => Poll::Ready(result),
-            ended => {
-                this.ended = ended;
+        match ended.take() {
+            Some(result) if requests.is_empty() => Poll::Ready(result),
+            not_done => {
+                *ended = not_done;
                 Poll::Pending
             }
         }
