@@ -7,6 +7,13 @@ use common::*;
 
 const MESH: &str = include_str!("../examples/mesh.yaml");
 
+/// Runs a command that must fail with exit status 1; returns what it wrote to stderr.
+fn cli_error(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
+    let (code, _, err) = cli(cluster, args, stdin);
+    assert_eq!(code, 1, "{args:?}: {err}");
+    err
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_get_and_delete_round_trip_in_every_output_format() {
     let cluster = Cluster::start(3).await;
@@ -66,12 +73,11 @@ async fn apply_get_and_delete_round_trip_in_every_output_format() {
     assert!(out.contains("\"subset\": \"v2\""), "{out}");
 
     // Delete with a stale revision fails; without a condition it succeeds.
-    let (code, _, err) = cli(
+    let err = cli_error(
         &cluster,
         &["delete", "healthcheck", "web", "--if-revision", "1"],
         None,
     );
-    assert_eq!(code, 1);
     assert!(
         err.contains("FailedPrecondition") && err.contains("current revision"),
         "{err}"
@@ -95,8 +101,7 @@ async fn bad_files_and_commands_fail_with_one_line_and_write_nothing() {
     // An unknown field anywhere in a file: the field is named and nothing is applied,
     // not even the valid documents before it.
     let file = format!("{MESH}\n---\napiVersion: bowline/v1\nkind: Service\nmetadata: {{name: extra}}\nspec: {{ports: [], colour: blue}}\n");
-    let (code, _, err) = cli(&cluster, &["apply", "-f", "-"], Some(&file));
-    assert_eq!(code, 1);
+    let err = cli_error(&cluster, &["apply", "-f", "-"], Some(&file));
     assert!(err.contains("colour"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     let (_, out, _) = cli(&cluster, &["get", "services", "-o", "json"], None);
@@ -104,31 +109,27 @@ async fn bad_files_and_commands_fail_with_one_line_and_write_nothing() {
 
     // A validation error names the field and the rule.
     let bad = "apiVersion: bowline/v1\nkind: Endpoint\nmetadata: {name: e1, service: web}\nspec: {address: 127.0.0.1, port: 70000}\n";
-    let (code, _, err) = cli(&cluster, &["apply", "-f", "-"], Some(bad));
-    assert_eq!(code, 1);
+    let err = cli_error(&cluster, &["apply", "-f", "-"], Some(bad));
     assert!(err.contains("spec.port") && err.contains("65535"), "{err}");
 
     // Unknown kinds, missing files, and invalid flags.
     let (code, _, err) = cli(&cluster, &["get", "widgets"], None);
     assert_ne!(code, 0);
     assert!(err.contains("unknown kind `widgets`"), "{err}");
-    let (code, _, err) = cli(&cluster, &["apply", "-f", "/nonexistent/mesh.yaml"], None);
-    assert_eq!(code, 1);
+    let err = cli_error(&cluster, &["apply", "-f", "/nonexistent/mesh.yaml"], None);
     assert!(err.contains("/nonexistent/mesh.yaml"), "{err}");
-    let (code, _, err) = cli(&cluster, &["serve", "--id", "0"], None);
-    assert_eq!(code, 1);
+    let err = cli_error(&cluster, &["serve", "--id", "0"], None);
     assert!(err.contains("--id must be a positive integer"), "{err}");
-    let (code, _, err) = cli(
+    let err = cli_error(
         &cluster,
         &["serve", "--id", "1", "--client-threads", "0"],
         None,
     );
-    assert_eq!(code, 1);
     assert!(
         err.contains("--client-threads must be between 1 and 1024"),
         "{err}"
     );
-    let (code, _, err) = cli(
+    let err = cli_error(
         &cluster,
         &[
             "endpoint",
@@ -145,14 +146,13 @@ async fn bad_files_and_commands_fail_with_one_line_and_write_nothing() {
         ],
         None,
     );
-    assert_eq!(code, 1);
     assert!(
         err.contains("endpoint.weight: must be between 1 and 128"),
         "{err}"
     );
 
     // Unreachable endpoints give a clear error, not a hang.
-    let (code, _, err) = cli(
+    let err = cli_error(
         &cluster,
         &[
             "--endpoints",
@@ -164,7 +164,6 @@ async fn bad_files_and_commands_fail_with_one_line_and_write_nothing() {
         ],
         None,
     );
-    assert_eq!(code, 1);
     assert!(err.contains("Unavailable"), "{err}");
 }
 
